@@ -1,0 +1,445 @@
+"""Load data: reading CSV files, validating readings, and putting them on a regular grid.
+
+Timestamps are held as ``numpy.datetime64[s]`` in UTC (naive input means UTC). Row numbers
+in messages are 1-based data rows, i.e. the header is not counted: "row 1" is the first
+reading. Everything here is numpy and the standard library, so the API can use it too.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataValidationError, InsufficientHistoryError, Problem
+
+MIN_RESOLUTION_S = 5 * 60
+MAX_RESOLUTION_S = 60 * 60
+DAY_S = 86_400
+MAX_TEMPERATURE_C = 65.0
+MIN_TEMPERATURE_C = -70.0
+_MAX_ROWS_LISTED = 8
+
+
+def _rows_text(rows: Sequence[int]) -> str:
+    shown = ", ".join(str(r) for r in rows[:_MAX_ROWS_LISTED])
+    more = f" and {len(rows) - _MAX_ROWS_LISTED} more" if len(rows) > _MAX_ROWS_LISTED else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+def iso(ts: np.datetime64) -> str:
+    return str(ts.astype("datetime64[s]")) + "Z"
+
+
+@dataclass
+class Readings:
+    """Raw readings in input order, with their 1-based source rows."""
+
+    timestamps: np.ndarray  # datetime64[s], UTC
+    load: np.ndarray  # float64 MW
+    temperature: np.ndarray | None  # float64 deg C, NaN where blank; None if no column
+    rows: np.ndarray  # int64, 1-based data row of each reading
+    source: str = "input"
+
+    def __len__(self) -> int:
+        return int(self.load.shape[0])
+
+
+@dataclass(frozen=True)
+class Gap:
+    after_row: int
+    start: np.datetime64  # first missing timestamp
+    missing_steps: int
+
+    def describe(self, step_s: int) -> str:
+        end = self.start + np.timedelta64((self.missing_steps - 1) * step_s, "s")
+        return (
+            f"gap after row {self.after_row}: {self.missing_steps} missing reading(s) "
+            f"from {iso(self.start)} to {iso(end)}"
+        )
+
+
+@dataclass
+class Series:
+    """Validated readings on a regular grid. Missing readings (if allowed) are NaN."""
+
+    start: np.datetime64  # datetime64[s] of the first step
+    step_s: int  # resolution in seconds
+    load: np.ndarray  # float64, length n
+    temperature: np.ndarray | None  # float64, length n, or None
+    gaps: list[Gap] = field(default_factory=list)
+    filled_steps: int = 0
+    source: str = "input"
+
+    @property
+    def n(self) -> int:
+        return int(self.load.shape[0])
+
+    @property
+    def steps_per_day(self) -> int:
+        return DAY_S // self.step_s
+
+    @property
+    def resolution_minutes(self) -> int:
+        return self.step_s // 60
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return self.start + np.arange(self.n, dtype="int64") * np.timedelta64(self.step_s, "s")
+
+    @property
+    def end(self) -> np.datetime64:
+        return self.start + np.timedelta64((self.n - 1) * self.step_s, "s")
+
+    def slice(self, lo: int, hi: int) -> Series:
+        temp = None if self.temperature is None else self.temperature[lo:hi]
+        return Series(
+            start=self.start + np.timedelta64(lo * self.step_s, "s"),
+            step_s=self.step_s,
+            load=self.load[lo:hi],
+            temperature=temp,
+            source=self.source,
+        )
+
+    @property
+    def missing_report(self) -> str:
+        missing = int(np.isnan(self.load).sum())
+        return (
+            f"{len(self.gaps)} gap(s), {sum(g.missing_steps for g in self.gaps)} missing "
+            f"reading(s), {self.filled_steps} filled by interpolation, {missing} left missing"
+        )
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_timestamp(text: str) -> np.datetime64:
+    """ISO 8601 to UTC ``datetime64[s]``. Naive means UTC; offsets are converted."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
+    return np.datetime64(dt.replace(microsecond=0), "s")
+
+
+def _parse_float(text: str) -> float:
+    return float(text.strip())
+
+
+def readings_from_records(
+    timestamps: Iterable[str | datetime | np.datetime64],
+    load: Iterable[object],
+    temperature: Iterable[object] | None = None,
+    source: str = "input",
+) -> Readings:
+    """Build ``Readings`` from Python values (API bodies, tests). Invalid values raise a
+    ``DataValidationError`` naming the rows, exactly as CSV input does."""
+    ts_list = list(timestamps)
+    load_list = list(load)
+    temp_list = None if temperature is None else list(temperature)
+    problems: list[Problem] = []
+    if len(load_list) != len(ts_list) or (temp_list is not None and len(temp_list) != len(ts_list)):
+        raise DataValidationError(
+            [Problem("length_mismatch", "timestamps, load and temperature differ in length")],
+            source,
+        )
+    ts = np.empty(len(ts_list), dtype="datetime64[s]")
+    for i, t in enumerate(ts_list):
+        try:
+            if isinstance(t, np.datetime64):
+                ts[i] = t.astype("datetime64[s]")
+            elif isinstance(t, datetime):
+                if t.tzinfo is not None:
+                    t = t.astimezone(UTC).replace(tzinfo=None)
+                ts[i] = np.datetime64(t.replace(microsecond=0), "s")
+            else:
+                ts[i] = parse_timestamp(str(t))
+        except ValueError:
+            problems.append(
+                Problem("bad_timestamp", f"row {i + 1}: timestamp {t!r} is not ISO 8601", (i + 1,), "timestamp")
+            )
+    loads = _floats(load_list, "load", problems)
+    temps = None if temp_list is None else _floats(temp_list, "temperature", problems, blank_ok=True)
+    if problems:
+        raise DataValidationError(problems, source)
+    return Readings(ts, loads, temps, np.arange(1, len(ts_list) + 1, dtype="int64"), source)
+
+
+def _floats(values: list[object], name: str, problems: list[Problem], blank_ok: bool = False) -> np.ndarray:
+    out = np.empty(len(values), dtype="float64")
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, str) and not v.strip()):
+            if blank_ok:
+                out[i] = np.nan
+                continue
+            problems.append(Problem(f"missing_{name}", f"row {i + 1}: {name} is empty", (i + 1,), name))
+            out[i] = np.nan
+            continue
+        try:
+            f = _parse_float(v) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            problems.append(
+                Problem(f"non_numeric_{name}", f"row {i + 1}: {name} {v!r} is not a number", (i + 1,), name)
+            )
+            f = np.nan
+        else:
+            if not math.isfinite(f):
+                problems.append(
+                    Problem(f"non_finite_{name}", f"row {i + 1}: {name} {v!r} is not finite", (i + 1,), name)
+                )
+                f = np.nan
+        out[i] = f
+    return out
+
+
+def read_csv(path: str | Path) -> Readings:
+    """Read a CSV (optionally gzipped) with columns timestamp, load[, temperature]."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise DataValidationError([Problem("file_not_found", f"file not found: {path}")], source)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataValidationError([Problem("bad_gzip", f"not a valid gzip file: {exc}")], source) from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError([Problem("bad_encoding", f"not UTF-8 text: {exc}")], source) from exc
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        raise DataValidationError([Problem("empty_file", "the file is empty (no header)")], source)
+    cols = [h.strip().lower() for h in header]
+    missing = [c for c in ("timestamp", "load") if c not in cols]
+    if missing:
+        raise DataValidationError(
+            [Problem("missing_column", f"header {header!r} lacks required column(s) {missing}; "
+                     "expected timestamp,load[,temperature]")],
+            source,
+        )
+    i_ts, i_load = cols.index("timestamp"), cols.index("load")
+    i_temp = cols.index("temperature") if "temperature" in cols else None
+    ts_raw: list[str] = []
+    load_raw: list[str] = []
+    temp_raw: list[str] = []
+    problems: list[Problem] = []
+    width = len(cols)
+    for rowno, row in enumerate(reader, start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < width:
+            problems.append(Problem("short_row", f"row {rowno}: expected {width} fields, got {len(row)}", (rowno,)))
+            row = row + [""] * (width - len(row))
+        ts_raw.append(row[i_ts])
+        load_raw.append(row[i_load])
+        if i_temp is not None:
+            temp_raw.append(row[i_temp])
+    if problems:
+        raise DataValidationError(problems, source)
+    if not ts_raw:
+        raise DataValidationError([Problem("no_rows", "the file has a header but no readings")], source)
+    return readings_from_records(ts_raw, load_raw, temp_raw if i_temp is not None else None, source)
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def infer_step_seconds(diffs_s: np.ndarray) -> int | None:
+    positive = diffs_s[diffs_s > 0]
+    if positive.size == 0:
+        return None
+    values, counts = np.unique(positive, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def validate(
+    readings: Readings,
+    *,
+    min_days: float = 1.0,
+    flatline_hours: float | None = 6.0,
+    fill_gaps_up_to: int = 0,
+    allow_gaps: bool = False,
+    max_load: float | None = None,
+) -> Series:
+    """Check readings and return them on a regular grid.
+
+    Raises ``DataValidationError`` listing every problem: duplicate or unordered
+    timestamps, irregular or unsupported resolution, gaps (unless filled or allowed),
+    negative loads, flatlines, out-of-range temperatures and too little history.
+    ``fill_gaps_up_to``: gaps of at most this many missing steps are linearly interpolated
+    (and reported); longer gaps are errors unless ``allow_gaps`` (they stay NaN).
+    """
+    src = readings.source
+    problems: list[Problem] = []
+    n = len(readings)
+    if n < 2:
+        raise InsufficientHistoryError(
+            [Problem("too_little_history", f"only {n} reading(s); at least {min_days:g} day(s) needed")], src
+        )
+    ts = readings.timestamps.astype("datetime64[s]")
+    secs = ts.astype("int64")
+    rows = readings.rows
+
+    # Values first: they do not depend on order.
+    neg = np.flatnonzero(readings.load < 0)
+    if neg.size:
+        problems.append(Problem("negative_load", f"negative load at {_rows_text(rows[neg].tolist())} "
+                                f"(first: {readings.load[neg[0]]:g} MW at {iso(ts[neg[0]])})",
+                                tuple(rows[neg].tolist()), "load"))
+    if max_load is not None:
+        big = np.flatnonzero(readings.load > max_load)
+        if big.size:
+            problems.append(Problem("load_out_of_range", f"load above {max_load:g} MW at {_rows_text(rows[big].tolist())}",
+                                    tuple(rows[big].tolist()), "load"))
+    if readings.temperature is not None:
+        t = readings.temperature
+        bad_t = np.flatnonzero((t < MIN_TEMPERATURE_C) | (t > MAX_TEMPERATURE_C))
+        if bad_t.size:
+            problems.append(Problem("temperature_out_of_range",
+                                    f"temperature outside [{MIN_TEMPERATURE_C:g}, {MAX_TEMPERATURE_C:g}] deg C at "
+                                    f"{_rows_text(rows[bad_t].tolist())}", tuple(rows[bad_t].tolist()), "temperature"))
+
+    # Order and duplicates.
+    d = np.diff(secs)
+    dup = np.flatnonzero(d == 0)
+    if dup.size:
+        r = rows[dup + 1].tolist()
+        problems.append(Problem("duplicate_timestamp",
+                                f"duplicate timestamp at {_rows_text(r)} (first: {iso(ts[dup[0] + 1])} repeats row "
+                                f"{rows[dup[0]]})", tuple(r), "timestamp"))
+    back = np.flatnonzero(d < 0)
+    if back.size:
+        r = rows[back + 1].tolist()
+        problems.append(Problem("unordered_timestamp",
+                                f"timestamps go backwards at {_rows_text(r)} (first: row {rows[back[0] + 1]} "
+                                f"{iso(ts[back[0] + 1])} comes after {iso(ts[back[0]])}); sort the data by time",
+                                tuple(r), "timestamp"))
+    if dup.size or back.size:
+        raise DataValidationError(problems, src)
+
+    step = infer_step_seconds(d)
+    assert step is not None
+    if step < MIN_RESOLUTION_S or step > MAX_RESOLUTION_S or DAY_S % step:
+        problems.append(Problem("unsupported_resolution",
+                                f"inferred resolution {step / 60:g} minutes is not supported: it must be between "
+                                f"5 and 60 minutes and divide a day evenly", (), "timestamp"))
+        raise DataValidationError(problems, src)
+    irregular = np.flatnonzero(d % step != 0)
+    if irregular.size:
+        r = rows[irregular + 1].tolist()
+        problems.append(Problem("irregular_timestamp",
+                                f"timestamps off the {step // 60}-minute grid at {_rows_text(r)} "
+                                f"(first: {iso(ts[irregular[0] + 1])})", tuple(r), "timestamp"))
+        raise DataValidationError(problems, src)
+
+    # Regular grid.
+    idx = ((secs - secs[0]) // step).astype("int64")
+    total = int(idx[-1]) + 1
+    load = np.full(total, np.nan)
+    load[idx] = readings.load
+    temp = None
+    if readings.temperature is not None:
+        temp = np.full(total, np.nan)
+        temp[idx] = readings.temperature
+    gaps: list[Gap] = []
+    filled = 0
+    for j in np.flatnonzero(d > step):
+        missing = int(d[j] // step) - 1
+        gaps.append(Gap(int(rows[j]), ts[j] + np.timedelta64(step, "s"), missing))
+    long_gaps = [g for g in gaps if g.missing_steps > fill_gaps_up_to]
+    if long_gaps and not allow_gaps:
+        total_missing = sum(g.missing_steps for g in gaps)
+        head = (f"{len(gaps)} gap(s) with {total_missing} missing reading(s) in total"
+                + (f"; gaps of up to {fill_gaps_up_to} step(s) can be filled, these are longer" if fill_gaps_up_to else
+                   "; fill them or allow filling short gaps (--fill-gaps N)"))
+        problems.append(Problem("gaps", head, tuple(g.after_row for g in long_gaps), "timestamp"))
+        problems.extend(Problem("gap", g.describe(step), (g.after_row,), "timestamp") for g in long_gaps[:20])
+    short = [g for g in gaps if g.missing_steps <= fill_gaps_up_to]
+    if short:
+        pos = np.arange(total)
+        known = ~np.isnan(load)
+        for g in short:
+            a = int((g.start.astype("int64") - secs[0]) // step)
+            seg = pos[a : a + g.missing_steps]
+            load[seg] = np.interp(seg, pos[known], load[known])
+            if temp is not None:
+                tk = ~np.isnan(temp)
+                if tk.any():
+                    temp[seg] = np.interp(seg, pos[tk], temp[tk])
+            filled += g.missing_steps
+
+    # Flatlines: the same value repeated for a long stretch.
+    if flatline_hours is not None:
+        min_run = max(3, math.ceil(flatline_hours * 3600 / step))
+        for a, b in flat_runs(load, min_run):
+            problems.append(Problem("flatline",
+                                    f"flatline: load stays at {load[a]:g} MW for {b - a} readings "
+                                    f"({(b - a) * step / 3600:g} h) from {iso(ts[0] + np.timedelta64(a * step, 's'))}"
+                                    f" (rows {_grid_row(a, idx, rows)}-{_grid_row(b - 1, idx, rows)})",
+                                    tuple(range(_grid_row(a, idx, rows), _grid_row(b - 1, idx, rows) + 1)), "load"))
+
+    days = total * step / DAY_S
+    if days < min_days:
+        problems.append(Problem("too_little_history",
+                                f"only {days:.2f} day(s) of data from {iso(ts[0])} to {iso(ts[-1])}; "
+                                f"at least {min_days:g} day(s) needed", (), "timestamp"))
+        raise InsufficientHistoryError(problems, src)
+    if problems:
+        raise DataValidationError(problems, src)
+    return Series(ts[0], step, load, temp, gaps, filled, src)
+
+
+def _grid_row(grid_pos: int, idx: np.ndarray, rows: np.ndarray) -> int:
+    k = int(np.searchsorted(idx, grid_pos))
+    return int(rows[min(k, len(rows) - 1)])
+
+
+def flat_runs(values: np.ndarray, min_len: int) -> list[tuple[int, int]]:
+    """Half-open [start, end) runs of at least ``min_len`` identical, non-NaN values."""
+    if values.size == 0:
+        return []
+    change = np.ones(values.size, dtype=bool)
+    change[1:] = values[1:] != values[:-1]  # NaN != NaN, so NaNs never extend a run
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], values.size)
+    keep = ((ends - starts) >= min_len) & ~np.isnan(values[starts])
+    return list(zip(starts[keep].tolist(), ends[keep].tolist(), strict=True))
+
+
+def run_lengths(values: np.ndarray) -> np.ndarray:
+    """For each position, the length of the run of identical values it belongs to."""
+    if values.size == 0:
+        return np.zeros(0, dtype="int64")
+    change = np.ones(values.size, dtype=bool)
+    change[1:] = values[1:] != values[:-1]
+    starts = np.flatnonzero(change)
+    lengths = np.diff(np.append(starts, values.size))
+    return np.repeat(lengths, lengths)
+
+
+def load_series(path: str | Path, **kwargs: object) -> Series:
+    """Read and validate a CSV file in one step."""
+    return validate(read_csv(path), **kwargs)  # type: ignore[arg-type]
+
+
+def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Write a CSV via a temporary file and a rename, so no partial file is left behind."""
+    from .io_utils import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
