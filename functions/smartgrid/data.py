@@ -165,45 +165,64 @@ def readings_from_records(
                 ts[i] = parse_timestamp(str(t))
         except ValueError:
             problems.append(
-                Problem("bad_timestamp", f"row {i + 1}: timestamp {t!r} is not ISO 8601", (i + 1,), "timestamp")
+                Problem(
+                    "bad_timestamp",
+                    f"row {i + 1}: timestamp {t!r} is not ISO 8601",
+                    (i + 1,),
+                    "timestamp",
+                )
             )
     loads = _floats(load_list, "load", problems)
-    temps = None if temp_list is None else _floats(temp_list, "temperature", problems, blank_ok=True)
+    temps = (
+        None if temp_list is None else _floats(temp_list, "temperature", problems, blank_ok=True)
+    )
     if problems:
         raise DataValidationError(problems, source)
     return Readings(ts, loads, temps, np.arange(1, len(ts_list) + 1, dtype="int64"), source)
 
 
-def _floats(values: list[object], name: str, problems: list[Problem], blank_ok: bool = False) -> np.ndarray:
+def _floats(
+    values: list[object], name: str, problems: list[Problem], blank_ok: bool = False
+) -> np.ndarray:
     out = np.empty(len(values), dtype="float64")
     for i, v in enumerate(values):
         if v is None or (isinstance(v, str) and not v.strip()):
             if blank_ok:
                 out[i] = np.nan
                 continue
-            problems.append(Problem(f"missing_{name}", f"row {i + 1}: {name} is empty", (i + 1,), name))
+            problems.append(
+                Problem(f"missing_{name}", f"row {i + 1}: {name} is empty", (i + 1,), name)
+            )
             out[i] = np.nan
             continue
         try:
             f = _parse_float(v) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             problems.append(
-                Problem(f"non_numeric_{name}", f"row {i + 1}: {name} {v!r} is not a number", (i + 1,), name)
+                Problem(
+                    f"non_numeric_{name}",
+                    f"row {i + 1}: {name} {v!r} is not a number",
+                    (i + 1,),
+                    name,
+                )
             )
             f = np.nan
         else:
             if not math.isfinite(f):
                 problems.append(
-                    Problem(f"non_finite_{name}", f"row {i + 1}: {name} {v!r} is not finite", (i + 1,), name)
+                    Problem(
+                        f"non_finite_{name}",
+                        f"row {i + 1}: {name} {v!r} is not finite",
+                        (i + 1,),
+                        name,
+                    )
                 )
                 f = np.nan
         out[i] = f
     return out
 
 
-def read_csv(path: str | Path) -> Readings:
-    """Read a CSV (optionally gzipped) with columns timestamp, load[, temperature]."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
     source = str(path)
     if not path.is_file():
         raise DataValidationError([Problem("file_not_found", f"file not found: {path}")], source)
@@ -212,24 +231,49 @@ def read_csv(path: str | Path) -> Readings:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
-            raise DataValidationError([Problem("bad_gzip", f"not a valid gzip file: {exc}")], source) from exc
+            raise DataValidationError(
+                [Problem("bad_gzip", f"not a valid gzip file: {exc}")], source
+            ) from exc
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataValidationError([Problem("bad_encoding", f"not UTF-8 text: {exc}")], source) from exc
+        raise DataValidationError(
+            [Problem("bad_encoding", f"not UTF-8 text: {exc}")], source
+        ) from exc
+
+
+def read_csv(path: str | Path) -> Readings:
+    """Read a CSV (optionally gzipped) with columns timestamp, load[, temperature]."""
+    return _parse_csv(Path(path), required=("timestamp", "load"))
+
+
+def read_temperature_csv(path: str | Path) -> Readings:
+    """Read a temperature forecast: columns timestamp, temperature (load is NaN)."""
+    return _parse_csv(Path(path), required=("timestamp", "temperature"))
+
+
+def _parse_csv(path: Path, required: tuple[str, ...]) -> Readings:
+    source = str(path)
+    text = _read_text(path)
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None:
         raise DataValidationError([Problem("empty_file", "the file is empty (no header)")], source)
     cols = [h.strip().lower() for h in header]
-    missing = [c for c in ("timestamp", "load") if c not in cols]
+    missing = [c for c in required if c not in cols]
     if missing:
         raise DataValidationError(
-            [Problem("missing_column", f"header {header!r} lacks required column(s) {missing}; "
-                     "expected timestamp,load[,temperature]")],
+            [
+                Problem(
+                    "missing_column",
+                    f"header {header!r} lacks required column(s) {missing}; "
+                    f"expected {','.join(required)}",
+                )
+            ],
             source,
         )
-    i_ts, i_load = cols.index("timestamp"), cols.index("load")
+    i_ts = cols.index("timestamp")
+    i_load = cols.index("load") if "load" in cols else None
     i_temp = cols.index("temperature") if "temperature" in cols else None
     ts_raw: list[str] = []
     load_raw: list[str] = []
@@ -240,17 +284,31 @@ def read_csv(path: str | Path) -> Readings:
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) < width:
-            problems.append(Problem("short_row", f"row {rowno}: expected {width} fields, got {len(row)}", (rowno,)))
+            problems.append(
+                Problem(
+                    "short_row", f"row {rowno}: expected {width} fields, got {len(row)}", (rowno,)
+                )
+            )
             row = row + [""] * (width - len(row))
         ts_raw.append(row[i_ts])
-        load_raw.append(row[i_load])
+        load_raw.append(row[i_load] if i_load is not None else "nan")
         if i_temp is not None:
             temp_raw.append(row[i_temp])
     if problems:
         raise DataValidationError(problems, source)
     if not ts_raw:
-        raise DataValidationError([Problem("no_rows", "the file has a header but no readings")], source)
-    return readings_from_records(ts_raw, load_raw, temp_raw if i_temp is not None else None, source)
+        raise DataValidationError(
+            [Problem("no_rows", "the file has a header but no readings")], source
+        )
+    readings = readings_from_records(
+        ts_raw,
+        load_raw if i_load is not None else [0.0] * len(ts_raw),
+        temp_raw if i_temp is not None else None,
+        source,
+    )
+    if i_load is None:
+        readings.load[:] = np.nan
+    return readings
 
 
 # ------------------------------------------------------------------------ validation
@@ -286,7 +344,13 @@ def validate(
     n = len(readings)
     if n < 2:
         raise InsufficientHistoryError(
-            [Problem("too_little_history", f"only {n} reading(s); at least {min_days:g} day(s) needed")], src
+            [
+                Problem(
+                    "too_little_history",
+                    f"only {n} reading(s); at least {min_days:g} day(s) needed",
+                )
+            ],
+            src,
         )
     ts = readings.timestamps.astype("datetime64[s]")
     secs = ts.astype("int64")
@@ -295,53 +359,94 @@ def validate(
     # Values first: they do not depend on order.
     neg = np.flatnonzero(readings.load < 0)
     if neg.size:
-        problems.append(Problem("negative_load", f"negative load at {_rows_text(rows[neg].tolist())} "
-                                f"(first: {readings.load[neg[0]]:g} MW at {iso(ts[neg[0]])})",
-                                tuple(rows[neg].tolist()), "load"))
+        problems.append(
+            Problem(
+                "negative_load",
+                f"negative load at {_rows_text(rows[neg].tolist())} "
+                f"(first: {readings.load[neg[0]]:g} MW at {iso(ts[neg[0]])})",
+                tuple(rows[neg].tolist()),
+                "load",
+            )
+        )
     if max_load is not None:
         big = np.flatnonzero(readings.load > max_load)
         if big.size:
-            problems.append(Problem("load_out_of_range", f"load above {max_load:g} MW at {_rows_text(rows[big].tolist())}",
-                                    tuple(rows[big].tolist()), "load"))
+            problems.append(
+                Problem(
+                    "load_out_of_range",
+                    f"load above {max_load:g} MW at {_rows_text(rows[big].tolist())}",
+                    tuple(rows[big].tolist()),
+                    "load",
+                )
+            )
     if readings.temperature is not None:
         t = readings.temperature
         bad_t = np.flatnonzero((t < MIN_TEMPERATURE_C) | (t > MAX_TEMPERATURE_C))
         if bad_t.size:
-            problems.append(Problem("temperature_out_of_range",
-                                    f"temperature outside [{MIN_TEMPERATURE_C:g}, {MAX_TEMPERATURE_C:g}] deg C at "
-                                    f"{_rows_text(rows[bad_t].tolist())}", tuple(rows[bad_t].tolist()), "temperature"))
+            problems.append(
+                Problem(
+                    "temperature_out_of_range",
+                    f"temperature outside [{MIN_TEMPERATURE_C:g}, {MAX_TEMPERATURE_C:g}] deg C at "
+                    f"{_rows_text(rows[bad_t].tolist())}",
+                    tuple(rows[bad_t].tolist()),
+                    "temperature",
+                )
+            )
 
     # Order and duplicates.
     d = np.diff(secs)
     dup = np.flatnonzero(d == 0)
     if dup.size:
         r = rows[dup + 1].tolist()
-        problems.append(Problem("duplicate_timestamp",
-                                f"duplicate timestamp at {_rows_text(r)} (first: {iso(ts[dup[0] + 1])} repeats row "
-                                f"{rows[dup[0]]})", tuple(r), "timestamp"))
+        problems.append(
+            Problem(
+                "duplicate_timestamp",
+                f"duplicate timestamp at {_rows_text(r)} (first: {iso(ts[dup[0] + 1])} repeats row "
+                f"{rows[dup[0]]})",
+                tuple(r),
+                "timestamp",
+            )
+        )
     back = np.flatnonzero(d < 0)
     if back.size:
         r = rows[back + 1].tolist()
-        problems.append(Problem("unordered_timestamp",
-                                f"timestamps go backwards at {_rows_text(r)} (first: row {rows[back[0] + 1]} "
-                                f"{iso(ts[back[0] + 1])} comes after {iso(ts[back[0]])}); sort the data by time",
-                                tuple(r), "timestamp"))
+        problems.append(
+            Problem(
+                "unordered_timestamp",
+                f"timestamps go backwards at {_rows_text(r)} (first: row {rows[back[0] + 1]} "
+                f"{iso(ts[back[0] + 1])} comes after {iso(ts[back[0]])}); sort the data by time",
+                tuple(r),
+                "timestamp",
+            )
+        )
     if dup.size or back.size:
         raise DataValidationError(problems, src)
 
     step = infer_step_seconds(d)
     assert step is not None
     if step < MIN_RESOLUTION_S or step > MAX_RESOLUTION_S or DAY_S % step:
-        problems.append(Problem("unsupported_resolution",
-                                f"inferred resolution {step / 60:g} minutes is not supported: it must be between "
-                                f"5 and 60 minutes and divide a day evenly", (), "timestamp"))
+        problems.append(
+            Problem(
+                "unsupported_resolution",
+                f"inferred resolution {step / 60:g} minutes is not supported: it must be between "
+                f"5 and 60 minutes and divide a day evenly",
+                (),
+                "timestamp",
+            )
+        )
         raise DataValidationError(problems, src)
-    irregular = np.flatnonzero(d % step != 0)
+    irregular = np.flatnonzero((secs - secs[0]) % step != 0)
     if irregular.size:
-        r = rows[irregular + 1].tolist()
-        problems.append(Problem("irregular_timestamp",
-                                f"timestamps off the {step // 60}-minute grid at {_rows_text(r)} "
-                                f"(first: {iso(ts[irregular[0] + 1])})", tuple(r), "timestamp"))
+        r = rows[irregular].tolist()
+        problems.append(
+            Problem(
+                "irregular_timestamp",
+                f"timestamps off the {step // 60}-minute grid at {_rows_text(r)} "
+                f"(first: {iso(ts[irregular[0]])})",
+                tuple(r),
+                "timestamp",
+            )
+        )
         raise DataValidationError(problems, src)
 
     # Regular grid.
@@ -361,11 +466,15 @@ def validate(
     long_gaps = [g for g in gaps if g.missing_steps > fill_gaps_up_to]
     if long_gaps and not allow_gaps:
         total_missing = sum(g.missing_steps for g in gaps)
-        head = (f"{len(gaps)} gap(s) with {total_missing} missing reading(s) in total"
-                + (f"; gaps of up to {fill_gaps_up_to} step(s) can be filled, these are longer" if fill_gaps_up_to else
-                   "; fill them or allow filling short gaps (--fill-gaps N)"))
+        head = f"{len(gaps)} gap(s) with {total_missing} missing reading(s) in total" + (
+            f"; gaps of up to {fill_gaps_up_to} step(s) can be filled, these are longer"
+            if fill_gaps_up_to
+            else "; fill them or allow filling short gaps (--fill-gaps N)"
+        )
         problems.append(Problem("gaps", head, tuple(g.after_row for g in long_gaps), "timestamp"))
-        problems.extend(Problem("gap", g.describe(step), (g.after_row,), "timestamp") for g in long_gaps[:20])
+        problems.extend(
+            Problem("gap", g.describe(step), (g.after_row,), "timestamp") for g in long_gaps[:20]
+        )
     short = [g for g in gaps if g.missing_steps <= fill_gaps_up_to]
     if short:
         pos = np.arange(total)
@@ -384,17 +493,28 @@ def validate(
     if flatline_hours is not None:
         min_run = max(3, math.ceil(flatline_hours * 3600 / step))
         for a, b in flat_runs(load, min_run):
-            problems.append(Problem("flatline",
-                                    f"flatline: load stays at {load[a]:g} MW for {b - a} readings "
-                                    f"({(b - a) * step / 3600:g} h) from {iso(ts[0] + np.timedelta64(a * step, 's'))}"
-                                    f" (rows {_grid_row(a, idx, rows)}-{_grid_row(b - 1, idx, rows)})",
-                                    tuple(range(_grid_row(a, idx, rows), _grid_row(b - 1, idx, rows) + 1)), "load"))
+            problems.append(
+                Problem(
+                    "flatline",
+                    f"flatline: load stays at {load[a]:g} MW for {b - a} readings "
+                    f"({(b - a) * step / 3600:g} h) from {iso(ts[0] + np.timedelta64(a * step, 's'))}"
+                    f" (rows {_grid_row(a, idx, rows)}-{_grid_row(b - 1, idx, rows)})",
+                    tuple(range(_grid_row(a, idx, rows), _grid_row(b - 1, idx, rows) + 1)),
+                    "load",
+                )
+            )
 
     days = total * step / DAY_S
     if days < min_days:
-        problems.append(Problem("too_little_history",
-                                f"only {days:.2f} day(s) of data from {iso(ts[0])} to {iso(ts[-1])}; "
-                                f"at least {min_days:g} day(s) needed", (), "timestamp"))
+        problems.append(
+            Problem(
+                "too_little_history",
+                f"only {days:.2f} day(s) of data from {iso(ts[0])} to {iso(ts[-1])}; "
+                f"at least {min_days:g} day(s) needed",
+                (),
+                "timestamp",
+            )
+        )
         raise InsufficientHistoryError(problems, src)
     if problems:
         raise DataValidationError(problems, src)
@@ -434,7 +554,9 @@ def load_series(path: str | Path, **kwargs: object) -> Series:
     return validate(read_csv(path), **kwargs)  # type: ignore[arg-type]
 
 
-def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+def write_csv_atomic(
+    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]
+) -> None:
     """Write a CSV via a temporary file and a rename, so no partial file is left behind."""
     from .io_utils import atomic_write_text
 

@@ -46,8 +46,16 @@ class ModelMetadata:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelMetadata:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        missing = {"name", "version", "created_at", "training_window", "resolution_minutes", "features",
-                   "metrics", "sha256"} - set(known)
+        missing = {
+            "name",
+            "version",
+            "created_at",
+            "training_window",
+            "resolution_minutes",
+            "features",
+            "metrics",
+            "sha256",
+        } - set(known)
         if missing:
             raise ModelIntegrityError(f"model metadata lacks {sorted(missing)}")
         return cls(**known)
@@ -74,7 +82,8 @@ class LoadedModel:
     session: Any  # onnxruntime.InferenceSession
 
     def run(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> list[Any]:
-        return self.session.run(outputs, feeds)  # type: ignore[no-any-return]
+        result: list[Any] = self.session.run(outputs, feeds)
+        return result
 
 
 def read_model_bytes(directory: str | Path, name: str) -> tuple[ModelMetadata, bytes]:
@@ -94,7 +103,8 @@ def read_model_bytes(directory: str | Path, name: str) -> tuple[ModelMetadata, b
     actual = sha256_hex(data)
     if actual != meta.sha256:
         raise ModelIntegrityError(
-            f"{name}: checksum mismatch for {onnx_path}: metadata says {meta.sha256}, file is {actual}; refusing to load"
+            f"{name}: checksum mismatch for {onnx_path}: metadata says {meta.sha256}, "
+            f"file is {actual}; refusing to load"
         )
     return meta, data
 

@@ -145,7 +145,9 @@ def _train_booster(X: np.ndarray, y: np.ndarray, w: np.ndarray, p: MoEParams, se
     return lgb.train(params, ds, num_boost_round=p.n_estimators)
 
 
-def _fit_gate(G: np.ndarray, P: np.ndarray, y: np.ndarray, l2: float, iters: int) -> tuple[np.ndarray, np.ndarray]:
+def _fit_gate(
+    G: np.ndarray, P: np.ndarray, y: np.ndarray, l2: float, iters: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax gate minimising mean squared error of the mixture (Adam, full batch)."""
     g_dim, k = G.shape[1], P.shape[1]
     W = np.zeros((g_dim, k))
@@ -178,14 +180,19 @@ def _fit_gate(G: np.ndarray, P: np.ndarray, y: np.ndarray, l2: float, iters: int
     return W, b
 
 
-def train_moe(X: np.ndarray, y_ratio: np.ndarray, day_id: np.ndarray, params: MoEParams | None = None,
-              progress: Callable[[str], None] | None = None) -> MoEModel:
+def train_moe(
+    X: np.ndarray,
+    y_ratio: np.ndarray,
+    day_id: np.ndarray,
+    params: MoEParams | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MoEModel:
     """Train experts, gate and conformal intervals. ``day_id`` orders rows by day; the
     latest ``calib_fraction`` of days calibrate the gate (first half) and intervals (second)."""
     p = params or MoEParams()
     say = progress or (lambda _msg: None)
     days = np.unique(day_id)
-    n_cal = max(2, int(round(len(days) * p.calib_fraction)))
+    n_cal = max(2, round(len(days) * p.calib_fraction))
     cal_days = days[-n_cal:]
     gate_days, conf_days = cal_days[: n_cal // 2], cal_days[n_cal // 2 :]
     fit = ~np.isin(day_id, cal_days)
@@ -197,14 +204,27 @@ def train_moe(X: np.ndarray, y_ratio: np.ndarray, day_id: np.ndarray, params: Mo
     boosters = []
     for k, name in enumerate(names):
         say(f"expert {name} (calibration fit)")
-        boosters.append(_train_booster(X[fit], y_ratio[fit] / A[fit, k], EXPERTS[name].weight(X[fit]), p, p.seed + k))
+        boosters.append(
+            _train_booster(
+                X[fit], y_ratio[fit] / A[fit, k], EXPERTS[name].weight(X[fit]), p, p.seed + k
+            )
+        )
     gate_idx = np.array([F[g] for g in GATE_FEATURES], dtype="int64")
     Gall = np.where(np.isnan(X[:, gate_idx]), 0.0, X[:, gate_idx].astype("float64"))
     mean = Gall[fit].mean(axis=0)
     std = Gall[fit].std(axis=0)
     std[std < 1e-6] = 1.0
-    model = MoEModel(boosters, names, gate_idx, mean, std, np.zeros((len(gate_idx), len(names))),
-                     np.zeros(len(names)), np.zeros(HOUR_BUCKETS), np.zeros(HOUR_BUCKETS))
+    model = MoEModel(
+        boosters,
+        names,
+        gate_idx,
+        mean,
+        std,
+        np.zeros((len(gate_idx), len(names))),
+        np.zeros(len(names)),
+        np.zeros(HOUR_BUCKETS),
+        np.zeros(HOUR_BUCKETS),
+    )
     say("gate")
     P_gate = model.expert_preds(X[gate_rows])
     Gn = (Gall[gate_rows] - mean) / std
@@ -230,13 +250,21 @@ def train_moe(X: np.ndarray, y_ratio: np.ndarray, day_id: np.ndarray, params: Mo
     model.q_lo = np.minimum(q_lo, 0.0)
     model.q_hi = np.maximum(q_hi, 0.0)
     cover = np.mean((resid >= model.q_lo[hours]) & (resid <= model.q_hi[hours]))
-    model.info = {"calibration_coverage_80": float(cover), "calibration_days": int(len(conf_days)),
-                  "gate_days": int(len(gate_days)), "fit_days": int(len(days) - n_cal)}
+    yc = y_ratio[conf_rows]
+    model.info = {
+        "holdout_mape": float(np.mean(np.abs(resid) / yc) * 100),
+        "holdout_coverage_80": float(cover),
+        "holdout_days": len(conf_days),
+        "gate_days": len(gate_days),
+        "fit_days": len(days) - n_cal,
+    }
 
     if p.refit:
         for k, name in enumerate(names):
             say(f"expert {name} (refit on all days)")
-            boosters[k] = _train_booster(X, y_ratio / A[:, k], EXPERTS[name].weight(X), p, p.seed + k)
+            boosters[k] = _train_booster(
+                X, y_ratio / A[:, k], EXPERTS[name].weight(X), p, p.seed + k
+            )
     return model
 
 
@@ -275,8 +303,9 @@ def export_onnx(model: MoEModel) -> bytes:
     const("flat", np.array([-1]), "int64")
     const("one", np.array(1.0))
     # anchor columns: features at these indices; the level experts use a constant-1 column
-    anchor_idx = [F[EXPERTS[n].anchor] if EXPERTS[n].anchor else F["hour"] for n in model.expert_names]
-    anchor_mask = [0.0 if EXPERTS[n].anchor else 1.0 for n in model.expert_names]
+    anchor_names = [EXPERTS[n].anchor for n in model.expert_names]
+    anchor_idx = [F[a] if a else F["hour"] for a in anchor_names]
+    anchor_mask = [0.0 if a else 1.0 for a in anchor_names]
     const("anchor_idx", np.array(anchor_idx), "int64")
     const("anchor_is_level", np.array(anchor_mask) > 0.5, "bool")
     N = helper.make_node
@@ -314,9 +343,13 @@ def export_onnx(model: MoEModel) -> bytes:
     return make_model(
         nodes,
         "load_forecast_moe",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, nf]),
-         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [None, 1])],
-        [helper.make_tensor_value_info("quantiles", TensorProto.FLOAT, [None, 3]),
-         helper.make_tensor_value_info("gate_weights", TensorProto.FLOAT, [None, k])],
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, nf]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, [None, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("quantiles", TensorProto.FLOAT, [None, 3]),
+            helper.make_tensor_value_info("gate_weights", TensorProto.FLOAT, [None, k]),
+        ],
         inits,
     )

@@ -46,7 +46,14 @@ class _Builder:
         return len(self.leaf_weight) - 1
 
     def _node(self) -> int:
-        for lst in (self.feature, self.true_id, self.true_leaf, self.false_id, self.false_leaf, self.missing_true):
+        for lst in (
+            self.feature,
+            self.true_id,
+            self.true_leaf,
+            self.false_id,
+            self.false_leaf,
+            self.missing_true,
+        ):
             lst.append(0)
         self.split.append(np.float32(0))
         return len(self.feature) - 1
@@ -65,7 +72,9 @@ class _Builder:
 
     def _add(self, node: dict[str, Any], target: int) -> int:
         if node.get("decision_type", "<=") != "<=":
-            raise ValueError(f"unsupported LightGBM split {node.get('decision_type')!r} (categorical?)")
+            raise ValueError(
+                f"unsupported LightGBM split {node.get('decision_type')!r} (categorical?)"
+            )
         nid = self._node()
         thr = float(node["threshold"])
         self.feature[nid] = int(node["split_feature"])
@@ -77,8 +86,10 @@ class _Builder:
             self.missing_true[nid] = int(thr >= 0.0)
         else:
             raise ValueError(f"unsupported LightGBM missing_type {missing!r}")
-        for side, ids, leafs in (("left_child", self.true_id, self.true_leaf),
-                                 ("right_child", self.false_id, self.false_leaf)):
+        for side, ids, leafs in (
+            ("left_child", self.true_id, self.true_leaf),
+            ("right_child", self.false_id, self.false_leaf),
+        ):
             child = node[side]
             if "split_feature" in child:
                 ids[nid] = self._add(child, target)
@@ -133,7 +144,9 @@ ML_OPSET = 5
 IR_VERSION = 10
 
 
-def make_model(nodes: list[Any], name: str, inputs: list[Any], outputs: list[Any], initializers: list[Any]) -> bytes:
+def make_model(
+    nodes: list[Any], name: str, inputs: list[Any], outputs: list[Any], initializers: list[Any]
+) -> bytes:
     import onnx
     from onnx import helper
 

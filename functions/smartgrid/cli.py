@@ -1,0 +1,325 @@
+"""``smartgrid``: the one command line for people (train, backtest, detect, forecast, models).
+
+Errors in input data or models end the command with a clear message naming the file, row
+and problem, a non-zero exit code (2: bad input data, 3: model problem), and no output file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import get_settings
+from .errors import DataValidationError, ModelIntegrityError, ModelNotFoundError, SmartgridError
+
+app = typer.Typer(
+    help="Day-ahead load forecasting and meter-data anomaly detection.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Inspect model sets.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+out = Console()
+err = Console(stderr=True)
+
+DataOpt = Annotated[
+    Path, typer.Option("--data", help="CSV (optionally .gz): timestamp,load[,temperature]")
+]
+ModelsOpt = Annotated[
+    Path | None, typer.Option("--models", help="Model directory (default: bundled models)")
+]
+CountryOpt = Annotated[
+    str | None, typer.Option("--country", help="Holiday calendar country (ISO code)")
+]
+FillOpt = Annotated[
+    int, typer.Option("--fill-gaps", min=0, help="Interpolate gaps of up to N missing readings")
+]
+
+
+def _fail(exc: Exception) -> None:
+    code = (
+        2
+        if isinstance(exc, DataValidationError | ValueError)
+        else 3
+        if isinstance(exc, ModelIntegrityError | ModelNotFoundError)
+        else 1
+    )
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (SmartgridError, ValueError) as exc:
+        _fail(exc)
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[str], None]]:
+    cols = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(
+        *cols, console=err, transient=False, disable=not err.is_terminal and "pytest" in sys.modules
+    ) as p:
+        task = p.add_task(label, total=total)
+
+        def step(message: str) -> None:
+            p.update(task, description=f"{label}: {message}", advance=1)
+
+        yield step
+        p.update(task, completed=total, description=f"{label}: done")
+
+
+def _calendar(country: str | None) -> Any:
+    from .features import HolidayCalendar
+
+    s = get_settings()
+    return HolidayCalendar(country or s.holiday_country, s.holiday_subdivision)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    from .io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Option("--data", help="CSV file(s); several are pooled")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the three models to")],
+    country: CountryOpt = None,
+    fill_gaps: FillOpt = 0,
+) -> None:
+    """Train the mixture of experts, the fallback profile and the anomaly detector."""
+    from .data import load_series
+    from .training.moe import EXPERTS
+    from .training.pipeline import train_all
+
+    with _errors():
+        settings = get_settings()
+        series = [
+            load_series(
+                p, min_days=60, flatline_hours=settings.flatline_hours, fill_gaps_up_to=fill_gaps
+            )
+            for p in data
+        ]
+        for s in series:
+            out.print(
+                f"{s.source}: {s.n} readings, {s.resolution_minutes}-minute resolution, {s.missing_report}"
+            )
+        with _progress(2 * len(EXPERTS) + 6, "training") as step:
+            metas = train_all(series, out_dir, _calendar(country), progress=step)
+    table = Table(title=f"models written to {out_dir}")
+    for c in ("model", "version", "sha256", "metrics"):
+        table.add_column(c)
+    for m in metas.values():
+        table.add_row(m.name, m.version, m.sha256[:12], json.dumps(m.metrics)[:90])
+    out.print(table)
+
+
+@app.command()
+def backtest(
+    data: DataOpt,
+    test_days: Annotated[
+        int | None, typer.Option("--test-days", min=1, help="Test days (default: last 20%)")
+    ] = None,
+    retrain_every: Annotated[
+        int, typer.Option("--retrain-every", min=0, help="Retrain every N days (0: once)")
+    ] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics as JSON")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG of forecasts vs actuals")
+    ] = None,
+    country: CountryOpt = None,
+    fill_gaps: FillOpt = 0,
+) -> None:
+    """Rolling-origin day-ahead backtest of the MoE against naive baselines."""
+    from .data import load_series
+    from .training.backtest import plot_backtest, run_backtest
+    from .training.moe import EXPERTS
+
+    with _errors():
+        series = load_series(
+            data,
+            min_days=30,
+            flatline_hours=get_settings().flatline_hours,
+            fill_gaps_up_to=fill_gaps,
+        )
+        blocks = 1
+        with _progress((2 * len(EXPERTS) + 3) * blocks + 1, "backtest") as step:
+            result = run_backtest(
+                series,
+                _calendar(country),
+                test_days=test_days,
+                retrain_every=retrain_every,
+                progress=step,
+            )
+        payload = result.to_json()
+        if json_out:
+            _write_json(json_out, payload)
+        if plot:
+            plot_backtest(result, str(plot))
+    table = Table(
+        title=f"{data}: {result.test_days} test days ({result.test_start} .. {result.test_end}), "
+        f"{result.resolution_minutes}-minute"
+    )
+    for c in ("method", "MAPE %", "MAE", "rMAE", "pinball", "P10-P90 coverage"):
+        table.add_column(c, justify="right")
+    for name, m in result.methods.items():
+        table.add_row(
+            name,
+            f"{m['mape']:.2f}",
+            f"{m['mae']:.1f}",
+            f"{m['rmae']:.4f}",
+            f"{m['pinball']:.1f}",
+            f"{m['coverage_80'] * 100:.1f}%",
+        )
+    out.print(table)
+    out.print(f"temperature: {result.temperature}")
+
+
+@app.command()
+def detect(
+    data: DataOpt,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write scores and flags as JSON")
+    ] = None,
+    models: ModelsOpt = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0)] = None,
+) -> None:
+    """Score every reading and list the flagged ones with score and kind."""
+    from .anomaly import detect as run_detect
+    from .data import read_csv, validate
+    from .registry import ANOMALY_DETECTOR, load_model
+
+    with _errors():
+        settings = get_settings()
+        series = validate(read_csv(data), min_days=1.0, flatline_hours=None, allow_gaps=True)
+        model = load_model(
+            models or settings.model_dir, ANOMALY_DETECTOR, threads=settings.ort_threads
+        )
+        thr = (
+            threshold
+            if threshold is not None
+            else float(model.meta.params.get("threshold", settings.anomaly_threshold))
+        )
+        result = run_detect(series, model, threshold=thr)
+        flagged = result.flagged_rows()
+        if json_out:
+            _write_json(
+                json_out,
+                {
+                    "source": str(data),
+                    "resolution_minutes": series.resolution_minutes,
+                    "readings": int(np.isfinite(series.load).sum()),
+                    "threshold": thr,
+                    "model_version": model.meta.version,
+                    "missing": series.missing_report,
+                    "flagged": flagged,
+                },
+            )
+    table = Table(
+        title=f"{data}: {len(flagged)} of {int(np.isfinite(series.load).sum())} readings flagged"
+    )
+    for c in ("timestamp", "load", "score", "kind"):
+        table.add_column(c)
+    for r in flagged[:50]:
+        table.add_row(r["timestamp"], f"{r['load']:.1f}", f"{r['score']:.3f}", r["kind"])
+    out.print(table)
+    if len(flagged) > 50:
+        out.print(f"... and {len(flagged) - 50} more (use --json for all)")
+
+
+@app.command()
+def forecast(
+    data: DataOpt,
+    models: ModelsOpt = None,
+    temperature_forecast: Annotated[
+        Path | None,
+        typer.Option("--temperature-forecast", help="CSV timestamp,temperature for the next day"),
+    ] = None,
+    csv_out: Annotated[Path | None, typer.Option("--out", help="Write the forecast as CSV")] = None,
+    country: CountryOpt = None,
+) -> None:
+    """Forecast the day after the data's last reading (P10/P50/P90)."""
+    from .data import read_csv, read_temperature_csv, write_csv_atomic
+    from .forecast import Forecaster, ModelSet
+
+    with _errors():
+        settings = get_settings()
+        readings = read_csv(data)
+        future = read_temperature_csv(temperature_forecast) if temperature_forecast else None
+        ms = ModelSet.load(models or settings.model_dir, threads=settings.ort_threads)
+        fc = Forecaster(ms, _calendar(country), settings.flatline_hours).forecast_readings(
+            readings, future
+        )
+        if csv_out:
+            write_csv_atomic(
+                csv_out,
+                ["timestamp", "p10", "p50", "p90", "model"],
+                [
+                    [
+                        r["timestamp"],
+                        f"{r['p10']:.3f}",
+                        f"{r['p50']:.3f}",
+                        f"{r['p90']:.3f}",
+                        fc.model,
+                    ]
+                    for r in fc.rows()
+                ],
+            )
+    out.print(
+        f"model: {fc.model} (version {fc.model_version})"
+        + (f"; fallback because {fc.fallback_reason}" if fc.fallback_reason else "")
+    )
+    table = Table()
+    for c in ("timestamp", "P10", "P50", "P90"):
+        table.add_column(c, justify="right")
+    for r in fc.rows():
+        table.add_row(r["timestamp"], f"{r['p10']:.1f}", f"{r['p50']:.1f}", f"{r['p90']:.1f}")
+    out.print(table)
+
+
+@models_app.command("list")
+def models_list(models: ModelsOpt = None) -> None:
+    """Show each model's version, window, metrics and whether its checksum verifies."""
+    from .forecast import ModelSet
+
+    settings = get_settings()
+    ms = ModelSet.load(models or settings.model_dir)
+    table = Table(title=str(ms.directory))
+    for c in ("model", "status", "version", "training window", "sha256"):
+        table.add_column(c)
+    for d in ms.describe():
+        if d["loaded"]:
+            w = d["training_window"]
+            table.add_row(
+                d["name"], "ok", d["version"], f"{w['start']} .. {w['end']}", d["sha256"][:16]
+            )
+        else:
+            table.add_row(d["name"], f"[red]not loaded: {d['error']}[/]", "", "", "")
+    out.print(table)
+    if ms.errors:
+        raise typer.Exit(3)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
