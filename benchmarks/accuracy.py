@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from smartgrid.data import load_series
 from smartgrid.features import HolidayCalendar
 from smartgrid.training.backtest import run_backtest
@@ -38,16 +37,29 @@ def lightgbm_reference(num_leaves: int):
         days = np.unique(train.day_id)
         val_days = days[-max(1, int(len(days) * 0.15)) :]
         val = np.isin(train.day_id, val_days)
-        params = {"objective": "regression", "learning_rate": 0.05, "num_leaves": num_leaves,
-                  "bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.8, "verbose": -1,
-                  "num_threads": 2, "seed": 1}
+        params = {
+            "objective": "regression",
+            "learning_rate": 0.05,
+            "num_leaves": num_leaves,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "feature_fraction": 0.8,
+            "verbose": -1,
+            "num_threads": 2,
+            "seed": 1,
+        }
         r = train.y / train.scale
-        probe = lgb.train(params, lgb.Dataset(train.X[~val], r[~val]), num_boost_round=4000,
-                          valid_sets=[lgb.Dataset(train.X[val], r[val])],
-                          callbacks=[lgb.early_stopping(100, verbose=False)])
+        probe = lgb.train(
+            params,
+            lgb.Dataset(train.X[~val], r[~val]),
+            num_boost_round=4000,
+            valid_sets=[lgb.Dataset(train.X[val], r[val])],
+            callbacks=[lgb.early_stopping(100, verbose=False)],
+        )
         best = probe.best_iteration or 4000
-        lo, hi = relative_offsets(probe.predict(train.X[val], num_iteration=best) * train.scale[val], train.y[val],
-                                  train.hour[val])
+        lo, hi = relative_offsets(
+            probe.predict(train.X[val], num_iteration=best) * train.scale[val], train.y[val], train.hour[val]
+        )
         model = lgb.train(params, lgb.Dataset(train.X, r), num_boost_round=best)
         p50 = model.predict(test.X) * test.scale
         h = np.clip(np.floor(test.hour).astype(int), 0, 23)
@@ -69,8 +81,12 @@ def main() -> int:
         t0 = time.perf_counter()
         series = load_series(path, min_days=30)
         refs = {"lightgbm_31": lightgbm_reference(31), "lightgbm_63": lightgbm_reference(63)}
-        res = run_backtest(series, HolidayCalendar(args.country), references=refs,
-                           progress=lambda m: print(f"  {path.name}: {m}", file=sys.stderr, flush=True))
+        res = run_backtest(
+            series,
+            HolidayCalendar(args.country),
+            references=refs,
+            progress=lambda m, name=path.name: print(f"  {name}: {m}", file=sys.stderr, flush=True),
+        )
         m = res.methods
         best_naive = min(m["naive_day"]["mape"], m["naive_week"]["mape"])
         best_ref = min(m["lightgbm_31"]["mape"], m["lightgbm_63"]["mape"])
@@ -80,19 +96,29 @@ def main() -> int:
             "coverage_75_85": 0.75 <= m["moe"]["coverage_80"] <= 0.85,
         }
         ok_all &= all(checks.values())
-        entry = {**res.to_json(), "improvement_vs_best_naive_pct": round(100 * (1 - m["moe"]["mape"] / best_naive), 1),
-                 "moe_vs_best_lightgbm_ratio": round(m["moe"]["mape"] / best_ref, 4),
-                 "reference_trees": {k: getattr(v, "trees", None) for k, v in refs.items()},
-                 "checks": checks, "wall_seconds": round(time.perf_counter() - t0, 1)}
+        entry = {
+            **res.to_json(),
+            "improvement_vs_best_naive_pct": round(100 * (1 - m["moe"]["mape"] / best_naive), 1),
+            "moe_vs_best_lightgbm_ratio": round(m["moe"]["mape"] / best_ref, 4),
+            "reference_trees": {k: getattr(v, "trees", None) for k, v in refs.items()},
+            "checks": checks,
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+        }
         report[path.name] = entry
-        print(f"\n{path.name}: {res.test_days} test days {res.test_start} .. {res.test_end}, temperature: "
-              f"{res.temperature}")
+        print(
+            f"\n{path.name}: {res.test_days} test days {res.test_start} .. {res.test_end}, temperature: "
+            f"{res.temperature}"
+        )
         print(f"{'method':<14}{'MAPE %':>8}{'MAE':>10}{'rMAE':>9}{'pinball':>10}{'cover80':>9}")
         for name, v in m.items():
-            print(f"{name:<14}{v['mape']:>8.3f}{v['mae']:>10.1f}{v['rmae']:>9.4f}{v['pinball']:>10.1f}"
-                  f"{v['coverage_80'] * 100:>8.1f}%")
-        print(f"MoE vs best naive: {entry['improvement_vs_best_naive_pct']}% better; MoE/LightGBM MAPE ratio "
-              f"{entry['moe_vs_best_lightgbm_ratio']}; checks: {checks}")
+            print(
+                f"{name:<14}{v['mape']:>8.3f}{v['mae']:>10.1f}{v['rmae']:>9.4f}{v['pinball']:>10.1f}"
+                f"{v['coverage_80'] * 100:>8.1f}%"
+            )
+        print(
+            f"MoE vs best naive: {entry['improvement_vs_best_naive_pct']}% better; MoE/LightGBM MAPE ratio "
+            f"{entry['moe_vs_best_lightgbm_ratio']}; checks: {checks}"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if ok_all else 1

@@ -27,12 +27,49 @@ from smartgrid.training.pipeline import train_all
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA = [SHARED / "gefcom2014e_hourly.csv.gz", SHARED / "pjme_hourly.csv.gz"]
 # What `import smartgrid.training` pulls in at run time, by distribution.
-TRAINING_DISTS = ["lightgbm", "scipy", "numpy", "onnx", "protobuf", "onnxruntime", "holidays", "python-dateutil",
-                  "six", "pydantic", "pydantic-core", "pydantic-settings", "typing-extensions", "annotated-types",
-                  "typing-inspection", "flatbuffers", "packaging", "coloredlogs", "humanfriendly", "sympy", "mpmath"]
-INFERENCE_DISTS = ["numpy", "onnxruntime", "holidays", "python-dateutil", "six", "pydantic", "pydantic-core",
-                   "pydantic-settings", "typing-extensions", "annotated-types", "typing-inspection", "flatbuffers",
-                   "packaging", "coloredlogs", "humanfriendly", "sympy", "mpmath", "protobuf"]
+TRAINING_DISTS = [
+    "lightgbm",
+    "scipy",
+    "numpy",
+    "onnx",
+    "protobuf",
+    "onnxruntime",
+    "holidays",
+    "python-dateutil",
+    "six",
+    "pydantic",
+    "pydantic-core",
+    "pydantic-settings",
+    "typing-extensions",
+    "annotated-types",
+    "typing-inspection",
+    "flatbuffers",
+    "packaging",
+    "coloredlogs",
+    "humanfriendly",
+    "sympy",
+    "mpmath",
+]
+INFERENCE_DISTS = [
+    "numpy",
+    "onnxruntime",
+    "holidays",
+    "python-dateutil",
+    "six",
+    "pydantic",
+    "pydantic-core",
+    "pydantic-settings",
+    "typing-extensions",
+    "annotated-types",
+    "typing-inspection",
+    "flatbuffers",
+    "packaging",
+    "coloredlogs",
+    "humanfriendly",
+    "sympy",
+    "mpmath",
+    "protobuf",
+]
 
 
 def dist_size(name: str) -> int:
@@ -57,8 +94,9 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="smartgrid-models-"))
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     series = [load_series(p, min_days=60) for p in args.data]
-    metas = train_all(series, out, HolidayCalendar("US"),
-                      progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    metas = train_all(
+        series, out, HolidayCalendar("US"), progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True)
+    )
     wall, cpu = time.perf_counter() - t_wall, time.process_time() - t_cpu
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sizes = {d: dist_size(d) for d in sorted(set(TRAINING_DISTS) | set(INFERENCE_DISTS))}

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
+
+# One LightGBM thread per test worker: pytest runs two workers on two cores (see config.py).
+os.environ.setdefault("SMARTGRID_TRAIN_THREADS", "1")
+
 import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from smartgrid.data import Series, load_series
 from smartgrid.features import HolidayCalendar
 
@@ -26,8 +30,11 @@ def series_to_csv(series: Series, path: Path) -> Path:
     if series.temperature is None:
         rows = [(str(t), f"{v:.3f}") for t, v in zip(ts, series.load, strict=True) if np.isfinite(v)]
         return write_csv(path, rows)
-    rows = [(str(t), f"{v:.3f}", f"{c:.2f}") for t, v, c in zip(ts, series.load, series.temperature, strict=True)
-            if np.isfinite(v)]
+    rows = [
+        (str(t), f"{v:.3f}", f"{c:.2f}")
+        for t, v, c in zip(ts, series.load, series.temperature, strict=True)
+        if np.isfinite(v)
+    ]
     return write_csv(path, rows, "timestamp,load,temperature")
 
 

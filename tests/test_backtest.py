@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from smartgrid.data import Series
 from smartgrid.features import HolidayCalendar
 from smartgrid.metrics import all_metrics, coverage, mape, pinball, rmae
@@ -12,7 +11,7 @@ from smartgrid.training.backtest import run_backtest
 from smartgrid.training.moe import MoEParams
 from smartgrid.training.pipeline import TrainingRows
 
-SMALL = MoEParams(n_estimators=30, num_leaves=15, learning_rate=0.2)
+SMALL = MoEParams(n_estimators=30, num_leaves=15, learning_rate=0.2, threads=1)
 
 
 def test_blocks_train_only_on_earlier_days(gefcom: Series, calendar: HolidayCalendar) -> None:
@@ -55,10 +54,12 @@ def test_metrics_by_hand() -> None:
     assert rmae(y, q[:, 1]) == pytest.approx(10.0 / 200.0)
     assert coverage(y, q) == pytest.approx(2 / 3)
     # pinball at tau for each quantile, averaged
-    expected = np.mean([
-        np.mean([0.1 * 10, 0.1 * 50, 0.1 * 20]),
-        np.mean([0.5 * 10, 0.5 * 20, 0.0]),
-        np.mean([0.1 * 20, 0.9 * 10, 0.1 * 30]),
-    ])
+    expected = np.mean(
+        [
+            np.mean([0.1 * 10, 0.1 * 50, 0.1 * 20]),
+            np.mean([0.5 * 10, 0.5 * 20, 0.0]),
+            np.mean([0.1 * 20, 0.9 * 10, 0.1 * 30]),
+        ]
+    )
     assert pinball(y, q) == pytest.approx(expected)
     assert set(all_metrics(y, q)) == {"mape", "mae", "rmae", "pinball", "coverage_80"}

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from smartgrid.cli import app
 from smartgrid.data import Series, load_series
 from smartgrid.registry import MODEL_NAMES, sha256_hex
+from typer.testing import CliRunner
 
 from .conftest import DATA, series_to_csv, write_csv
 
@@ -72,8 +71,7 @@ def test_detect_finds_injected_spike(trained_dir: Path, tmp_path: Path) -> None:
     load[24 * 45 + 13] *= 1.8
     corrupted = Series(s.start, s.step_s, load, s.temperature)
     js = tmp_path / "d.json"
-    res = run("detect", "--data", series_to_csv(corrupted, tmp_path / "c.csv"), "--models", trained_dir,
-              "--json", js)
+    res = run("detect", "--data", series_to_csv(corrupted, tmp_path / "c.csv"), "--models", trained_dir, "--json", js)
     assert res.exit_code == 0, res.output
     flagged = {f["timestamp"]: f for f in json.loads(js.read_text())["flagged"]}
     spike_ts = str(s.timestamps[24 * 45 + 13]) + "Z"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from smartgrid.data import load_series, read_csv, readings_from_records, validate
 from smartgrid.errors import DataValidationError, InsufficientHistoryError
 
@@ -32,8 +31,7 @@ def test_reads_gzip_and_plain_alike(tmp_path: Path) -> None:
 
 
 def test_timezones_are_converted_to_utc_and_naive_means_utc() -> None:
-    r = readings_from_records(["2024-03-01T01:00:00+01:00", "2024-03-01T00:15:00Z", "2024-03-01 00:30:00"],
-                              [1, 2, 3])
+    r = readings_from_records(["2024-03-01T01:00:00+01:00", "2024-03-01T00:15:00Z", "2024-03-01 00:30:00"], [1, 2, 3])
     assert [str(t) for t in r.timestamps] == ["2024-03-01T00:00:00", "2024-03-01T00:15:00", "2024-03-01T00:30:00"]
 
 

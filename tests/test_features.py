@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from smartgrid.data import Series
 from smartgrid.features import (
     FEATURE_INDEX as F,
@@ -22,8 +21,15 @@ from .conftest import upsample
 
 def _features(s: Series, cal: HolidayCalendar, load=None, temp=None):
     targets, origins = day_ahead_rows(s.n, s.start, s.step_s)
-    return build_features(s.load if load is None else load, s.temperature if temp is None else temp,
-                          s.start, s.step_s, targets, origins, cal)
+    return build_features(
+        s.load if load is None else load,
+        s.temperature if temp is None else temp,
+        s.start,
+        s.step_s,
+        targets,
+        origins,
+        cal,
+    )
 
 
 def test_no_look_ahead(gefcom: Series, calendar: HolidayCalendar) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from smartgrid.data import Series, readings_from_records
 from smartgrid.errors import DataValidationError, ForecastUnavailableError, ModelIntegrityError
 from smartgrid.features import FEATURE_NAMES, HolidayCalendar
@@ -20,7 +19,7 @@ from smartgrid.training.pipeline import TrainingRows, day_ahead_training_rows, f
 
 from .conftest import upsample
 
-SMALL = moe_mod.MoEParams(n_estimators=40, num_leaves=15, learning_rate=0.2, threads=2)
+SMALL = moe_mod.MoEParams(n_estimators=40, num_leaves=15, learning_rate=0.2, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +36,14 @@ def trained(rows: TrainingRows):
 def model_dir(tmp_path_factory: pytest.TempPathFactory, trained) -> Path:
     moe, base = trained
     d = tmp_path_factory.mktemp("models")
-    common = {"version": "test", "created_at": "2024-01-01T00:00:00Z",
-              "training_window": {"start": "a", "end": "b"}, "resolution_minutes": 60, "metrics": {}}
-    save_model(d, ModelMetadata(name=LOAD_FORECAST, features=list(FEATURE_NAMES), **common),
-               moe_mod.export_onnx(moe))
+    common = {
+        "version": "test",
+        "created_at": "2024-01-01T00:00:00Z",
+        "training_window": {"start": "a", "end": "b"},
+        "resolution_minutes": 60,
+        "metrics": {},
+    }
+    save_model(d, ModelMetadata(name=LOAD_FORECAST, features=list(FEATURE_NAMES), **common), moe_mod.export_onnx(moe))
     save_model(d, ModelMetadata(name=BASELINE_FORECAST, features=[], **common), baseline_mod.export_onnx(base))
     return d
 
@@ -68,13 +71,17 @@ def test_moe_onnx_matches_training_library(trained, rows: TrainingRows) -> None:
 
 def test_each_expert_tree_export_is_exact(trained, rows: TrainingRows) -> None:
     from onnx import TensorProto, helper
-
     from smartgrid.training.onnx_trees import make_model, tree_ensemble_node
 
     moe, _ = trained
     node, k = tree_ensemble_node(moe.boosters, "features", "raw")
-    onnx_bytes = make_model([node], "t", [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, None])],
-                            [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [None, k])], [])
+    onnx_bytes = make_model(
+        [node],
+        "t",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, None])],
+        [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [None, k])],
+        [],
+    )
     X = rows.X[:300].copy()
     X[::5, :] = np.nan
     out = ort.InferenceSession(onnx_bytes).run(None, {"features": X})[0]
@@ -143,8 +150,9 @@ def test_fallback_on_gap(model_dir: Path, gefcom: Series, calendar: HolidayCalen
     assert fc.model == BASELINE_FORECAST and "gap" in (fc.fallback_reason or "")
 
 
-def test_fallback_when_primary_missing_or_corrupt(model_dir: Path, tmp_path: Path, gefcom: Series,
-                                                  calendar: HolidayCalendar) -> None:
+def test_fallback_when_primary_missing_or_corrupt(
+    model_dir: Path, tmp_path: Path, gefcom: Series, calendar: HolidayCalendar
+) -> None:
     d = tmp_path / "m"
     shutil.copytree(model_dir, d)
     (d / "load_forecast.onnx").write_bytes(b"not a model")
@@ -168,8 +176,9 @@ def test_hard_errors_are_not_papered_over(model_dir: Path, gefcom: Series, calen
         _forecaster(model_dir, calendar).forecast_readings(readings_of(gefcom, 12))
 
 
-def test_temperature_forecast_must_cover_the_next_day(model_dir: Path, gefcom: Series,
-                                                      calendar: HolidayCalendar) -> None:
+def test_temperature_forecast_must_cover_the_next_day(
+    model_dir: Path, gefcom: Series, calendar: HolidayCalendar
+) -> None:
     n = 24 * 60
     f = _forecaster(model_dir, calendar)
     fut_ts = gefcom.timestamps[n : n + 24]

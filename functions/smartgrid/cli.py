@@ -33,18 +33,10 @@ app.add_typer(models_app, name="models")
 out = Console()
 err = Console(stderr=True)
 
-DataOpt = Annotated[
-    Path, typer.Option("--data", help="CSV (optionally .gz): timestamp,load[,temperature]")
-]
-ModelsOpt = Annotated[
-    Path | None, typer.Option("--models", help="Model directory (default: bundled models)")
-]
-CountryOpt = Annotated[
-    str | None, typer.Option("--country", help="Holiday calendar country (ISO code)")
-]
-FillOpt = Annotated[
-    int, typer.Option("--fill-gaps", min=0, help="Interpolate gaps of up to N missing readings")
-]
+DataOpt = Annotated[Path, typer.Option("--data", help="CSV (optionally .gz): timestamp,load[,temperature]")]
+ModelsOpt = Annotated[Path | None, typer.Option("--models", help="Model directory (default: bundled models)")]
+CountryOpt = Annotated[str | None, typer.Option("--country", help="Holiday calendar country (ISO code)")]
+FillOpt = Annotated[int, typer.Option("--fill-gaps", min=0, help="Interpolate gaps of up to N missing readings")]
 
 
 def _fail(exc: Exception) -> None:
@@ -76,9 +68,7 @@ def _progress(total: int, label: str) -> Iterator[Callable[[str], None]]:
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
-    with Progress(
-        *cols, console=err, transient=False, disable=not err.is_terminal and "pytest" in sys.modules
-    ) as p:
+    with Progress(*cols, console=err, transient=False, disable=not err.is_terminal and "pytest" in sys.modules) as p:
         task = p.add_task(label, total=total)
 
         def step(message: str) -> None:
@@ -110,23 +100,20 @@ def train(
 ) -> None:
     """Train the mixture of experts, the fallback profile and the anomaly detector."""
     from .data import load_series
-    from .training.moe import EXPERTS
+    from .training.moe import EXPERTS, MoEParams
     from .training.pipeline import train_all
 
     with _errors():
         settings = get_settings()
         series = [
-            load_series(
-                p, min_days=60, flatline_hours=settings.flatline_hours, fill_gaps_up_to=fill_gaps
-            )
-            for p in data
+            load_series(p, min_days=60, flatline_hours=settings.flatline_hours, fill_gaps_up_to=fill_gaps) for p in data
         ]
         for s in series:
-            out.print(
-                f"{s.source}: {s.n} readings, {s.resolution_minutes}-minute resolution, {s.missing_report}"
-            )
+            out.print(f"{s.source}: {s.n} readings, {s.resolution_minutes}-minute resolution, {s.missing_report}")
         with _progress(2 * len(EXPERTS) + 6, "training") as step:
-            metas = train_all(series, out_dir, _calendar(country), progress=step)
+            metas = train_all(
+                series, out_dir, _calendar(country), MoEParams(threads=settings.train_threads), progress=step
+            )
     table = Table(title=f"models written to {out_dir}")
     for c in ("model", "version", "sha256", "metrics"):
         table.add_column(c)
@@ -138,38 +125,30 @@ def train(
 @app.command()
 def backtest(
     data: DataOpt,
-    test_days: Annotated[
-        int | None, typer.Option("--test-days", min=1, help="Test days (default: last 20%)")
-    ] = None,
-    retrain_every: Annotated[
-        int, typer.Option("--retrain-every", min=0, help="Retrain every N days (0: once)")
-    ] = 0,
+    test_days: Annotated[int | None, typer.Option("--test-days", min=1, help="Test days (default: last 20%)")] = None,
+    retrain_every: Annotated[int, typer.Option("--retrain-every", min=0, help="Retrain every N days (0: once)")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics as JSON")] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG of forecasts vs actuals")
-    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of forecasts vs actuals")] = None,
     country: CountryOpt = None,
     fill_gaps: FillOpt = 0,
 ) -> None:
     """Rolling-origin day-ahead backtest of the MoE against naive baselines."""
     from .data import load_series
-    from .training.backtest import plot_backtest, run_backtest
-    from .training.moe import EXPERTS
+    from .training.backtest import plot_backtest, run_backtest, whole_days
+    from .training.moe import EXPERTS, MoEParams
 
     with _errors():
-        series = load_series(
-            data,
-            min_days=30,
-            flatline_hours=get_settings().flatline_hours,
-            fill_gaps_up_to=fill_gaps,
-        )
-        blocks = 1
-        with _progress((2 * len(EXPERTS) + 3) * blocks + 1, "backtest") as step:
+        settings = get_settings()
+        series = load_series(data, min_days=30, flatline_hours=settings.flatline_hours, fill_gaps_up_to=fill_gaps)
+        n_test = test_days or round(whole_days(series) * 0.2)
+        blocks = -(-n_test // retrain_every) if retrain_every > 0 else 1
+        with _progress((2 * len(EXPERTS) + 3) * blocks, "backtest") as step:
             result = run_backtest(
                 series,
                 _calendar(country),
                 test_days=test_days,
                 retrain_every=retrain_every,
+                params=MoEParams(threads=settings.train_threads),
                 progress=step,
             )
         payload = result.to_json()
@@ -199,9 +178,7 @@ def backtest(
 @app.command()
 def detect(
     data: DataOpt,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write scores and flags as JSON")
-    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write scores and flags as JSON")] = None,
     models: ModelsOpt = None,
     threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0)] = None,
 ) -> None:
@@ -213,9 +190,7 @@ def detect(
     with _errors():
         settings = get_settings()
         series = validate(read_csv(data), min_days=1.0, flatline_hours=None, allow_gaps=True)
-        model = load_model(
-            models or settings.model_dir, ANOMALY_DETECTOR, threads=settings.ort_threads
-        )
+        model = load_model(models or settings.model_dir, ANOMALY_DETECTOR, threads=settings.ort_threads)
         thr = (
             threshold
             if threshold is not None
@@ -236,9 +211,7 @@ def detect(
                     "flagged": flagged,
                 },
             )
-    table = Table(
-        title=f"{data}: {len(flagged)} of {int(np.isfinite(series.load).sum())} readings flagged"
-    )
+    table = Table(title=f"{data}: {len(flagged)} of {int(np.isfinite(series.load).sum())} readings flagged")
     for c in ("timestamp", "load", "score", "kind"):
         table.add_column(c)
     for r in flagged[:50]:
@@ -268,9 +241,7 @@ def forecast(
         readings = read_csv(data)
         future = read_temperature_csv(temperature_forecast) if temperature_forecast else None
         ms = ModelSet.load(models or settings.model_dir, threads=settings.ort_threads)
-        fc = Forecaster(ms, _calendar(country), settings.flatline_hours).forecast_readings(
-            readings, future
-        )
+        fc = Forecaster(ms, _calendar(country), settings.flatline_hours).forecast_readings(readings, future)
         if csv_out:
             write_csv_atomic(
                 csv_out,
@@ -311,9 +282,7 @@ def models_list(models: ModelsOpt = None) -> None:
     for d in ms.describe():
         if d["loaded"]:
             w = d["training_window"]
-            table.add_row(
-                d["name"], "ok", d["version"], f"{w['start']} .. {w['end']}", d["sha256"][:16]
-            )
+            table.add_row(d["name"], "ok", d["version"], f"{w['start']} .. {w['end']}", d["sha256"][:16])
         else:
             table.add_row(d["name"], f"[red]not loaded: {d['error']}[/]", "", "", "")
     out.print(table)

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     holiday_subdivision: str | None = None
     # onnxruntime: one intra-op thread beat the default on 2 shared cores (shared/notes).
     ort_threads: int = Field(default=1, ge=1, le=64)
+    # LightGBM threads when training. OpenMP threads spin while waiting: on a machine whose
+    # cores are busy (parallel test workers, other jobs) more threads than free cores made
+    # training 30x slower, so tests run with 1.
+    train_threads: int = Field(default=2, ge=1, le=64)
     # Readings that repeat the same value this long are a flatline (bad meter data).
     flatline_hours: float = Field(default=6.0, gt=0)
     anomaly_threshold: float = Field(default=0.5, gt=0, lt=1)

@@ -173,26 +173,20 @@ def readings_from_records(
                 )
             )
     loads = _floats(load_list, "load", problems)
-    temps = (
-        None if temp_list is None else _floats(temp_list, "temperature", problems, blank_ok=True)
-    )
+    temps = None if temp_list is None else _floats(temp_list, "temperature", problems, blank_ok=True)
     if problems:
         raise DataValidationError(problems, source)
     return Readings(ts, loads, temps, np.arange(1, len(ts_list) + 1, dtype="int64"), source)
 
 
-def _floats(
-    values: list[object], name: str, problems: list[Problem], blank_ok: bool = False
-) -> np.ndarray:
+def _floats(values: list[object], name: str, problems: list[Problem], blank_ok: bool = False) -> np.ndarray:
     out = np.empty(len(values), dtype="float64")
     for i, v in enumerate(values):
         if v is None or (isinstance(v, str) and not v.strip()):
             if blank_ok:
                 out[i] = np.nan
                 continue
-            problems.append(
-                Problem(f"missing_{name}", f"row {i + 1}: {name} is empty", (i + 1,), name)
-            )
+            problems.append(Problem(f"missing_{name}", f"row {i + 1}: {name} is empty", (i + 1,), name))
             out[i] = np.nan
             continue
         try:
@@ -231,15 +225,11 @@ def _read_text(path: Path) -> str:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
-            raise DataValidationError(
-                [Problem("bad_gzip", f"not a valid gzip file: {exc}")], source
-            ) from exc
+            raise DataValidationError([Problem("bad_gzip", f"not a valid gzip file: {exc}")], source) from exc
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataValidationError(
-            [Problem("bad_encoding", f"not UTF-8 text: {exc}")], source
-        ) from exc
+        raise DataValidationError([Problem("bad_encoding", f"not UTF-8 text: {exc}")], source) from exc
 
 
 def read_csv(path: str | Path) -> Readings:
@@ -266,8 +256,7 @@ def _parse_csv(path: Path, required: tuple[str, ...]) -> Readings:
             [
                 Problem(
                     "missing_column",
-                    f"header {header!r} lacks required column(s) {missing}; "
-                    f"expected {','.join(required)}",
+                    f"header {header!r} lacks required column(s) {missing}; expected {','.join(required)}",
                 )
             ],
             source,
@@ -284,11 +273,7 @@ def _parse_csv(path: Path, required: tuple[str, ...]) -> Readings:
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) < width:
-            problems.append(
-                Problem(
-                    "short_row", f"row {rowno}: expected {width} fields, got {len(row)}", (rowno,)
-                )
-            )
+            problems.append(Problem("short_row", f"row {rowno}: expected {width} fields, got {len(row)}", (rowno,)))
             row = row + [""] * (width - len(row))
         ts_raw.append(row[i_ts])
         load_raw.append(row[i_load] if i_load is not None else "nan")
@@ -297,9 +282,7 @@ def _parse_csv(path: Path, required: tuple[str, ...]) -> Readings:
     if problems:
         raise DataValidationError(problems, source)
     if not ts_raw:
-        raise DataValidationError(
-            [Problem("no_rows", "the file has a header but no readings")], source
-        )
+        raise DataValidationError([Problem("no_rows", "the file has a header but no readings")], source)
     readings = readings_from_records(
         ts_raw,
         load_raw if i_load is not None else [0.0] * len(ts_raw),
@@ -401,8 +384,7 @@ def validate(
         problems.append(
             Problem(
                 "duplicate_timestamp",
-                f"duplicate timestamp at {_rows_text(r)} (first: {iso(ts[dup[0] + 1])} repeats row "
-                f"{rows[dup[0]]})",
+                f"duplicate timestamp at {_rows_text(r)} (first: {iso(ts[dup[0] + 1])} repeats row {rows[dup[0]]})",
                 tuple(r),
                 "timestamp",
             )
@@ -441,8 +423,7 @@ def validate(
         problems.append(
             Problem(
                 "irregular_timestamp",
-                f"timestamps off the {step // 60}-minute grid at {_rows_text(r)} "
-                f"(first: {iso(ts[irregular[0]])})",
+                f"timestamps off the {step // 60}-minute grid at {_rows_text(r)} (first: {iso(ts[irregular[0]])})",
                 tuple(r),
                 "timestamp",
             )
@@ -472,9 +453,7 @@ def validate(
             else "; fill them or allow filling short gaps (--fill-gaps N)"
         )
         problems.append(Problem("gaps", head, tuple(g.after_row for g in long_gaps), "timestamp"))
-        problems.extend(
-            Problem("gap", g.describe(step), (g.after_row,), "timestamp") for g in long_gaps[:20]
-        )
+        problems.extend(Problem("gap", g.describe(step), (g.after_row,), "timestamp") for g in long_gaps[:20])
     short = [g for g in gaps if g.missing_steps <= fill_gaps_up_to]
     if short:
         pos = np.arange(total)
@@ -554,9 +533,7 @@ def load_series(path: str | Path, **kwargs: object) -> Series:
     return validate(read_csv(path), **kwargs)  # type: ignore[arg-type]
 
 
-def write_csv_atomic(
-    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]
-) -> None:
+def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """Write a CSV via a temporary file and a rename, so no partial file is left behind."""
     from .io_utils import atomic_write_text
 

@@ -101,9 +101,7 @@ class FeatureBatch:
         return np.isfinite(self.scale) & (self.scale > 0)
 
 
-def _window_mean(
-    cs: np.ndarray, cnt: np.ndarray, a: np.ndarray, b: np.ndarray, min_frac: float = 0.5
-) -> np.ndarray:
+def _window_mean(cs: np.ndarray, cnt: np.ndarray, a: np.ndarray, b: np.ndarray, min_frac: float = 0.5) -> np.ndarray:
     """Mean of values[a:b] from NaN-aware cumulative sums; NaN if a < 0 or too few values."""
     n = cs.shape[0] - 1
     a_c = np.clip(a, 0, n)
@@ -172,9 +170,7 @@ def build_features(
     X[:, F["is_holiday"]] = hol
     X[:, F["is_offday"]] = is_weekend | hol
     prev = day - 1
-    X[:, F["prev_day_offday"]] = (((prev + 3) % 7) >= 5) | calendar.is_holiday(
-        prev.astype("datetime64[D]")
-    )
+    X[:, F["prev_day_offday"]] = (((prev + 3) % 7) >= 5) | calendar.is_holiday(prev.astype("datetime64[D]"))
     dates = day.astype("datetime64[D]")
     doy = (dates - dates.astype("datetime64[Y]")).astype("int64")
     X[:, F["doy_sin"]] = np.sin(2 * np.pi * doy / 365.25)
@@ -192,9 +188,7 @@ def build_features(
         X[:, F["lag_14d"]] = lags[14] * inv
         stack = np.stack([lags[7], lags[14], lags[21], lags[28]])
         n_ok = np.isfinite(stack).sum(axis=0)
-        X[:, F["same_step_mean_4w"]] = (
-            np.where(n_ok > 0, np.nansum(stack, axis=0) / np.maximum(n_ok, 1), np.nan) * inv
-        )
+        X[:, F["same_step_mean_4w"]] = np.where(n_ok > 0, np.nansum(stack, axis=0) / np.maximum(n_ok, 1), np.nan) * inv
         X[:, F["last_known"]] = _take(load, origins - 1, origins) * inv
         prev_mean = _window_mean(cs, cnt, origins - S, origins)
         X[:, F["prev_day_mean"]] = prev_mean * inv
@@ -210,12 +204,8 @@ def build_features(
     vals = np.where(okw, load[np.clip(win, 0, max(load.shape[0] - 1, 0))], np.nan)
     enough = np.isfinite(vals).sum(axis=1) >= S // 2
     with np.errstate(invalid="ignore"):
-        vmax = np.where(
-            enough, np.nanmax(np.where(np.isfinite(vals), vals, -np.inf), axis=1), np.nan
-        )
-        vmin = np.where(
-            enough, np.nanmin(np.where(np.isfinite(vals), vals, np.inf), axis=1), np.nan
-        )
+        vmax = np.where(enough, np.nanmax(np.where(np.isfinite(vals), vals, -np.inf), axis=1), np.nan)
+        vmin = np.where(enough, np.nanmin(np.where(np.isfinite(vals), vals, np.inf), axis=1), np.nan)
         X[:, F["prev_day_max"]] = vmax[inverse] * inv
         X[:, F["prev_day_min"]] = vmin[inverse] * inv
 
@@ -270,15 +260,10 @@ def day_ahead_rows(
     return targets, origins
 
 
-def baseline_lags(
-    load: np.ndarray, step_s: int, targets: np.ndarray, origins: np.ndarray
-) -> np.ndarray:
+def baseline_lags(load: np.ndarray, step_s: int, targets: np.ndarray, origins: np.ndarray) -> np.ndarray:
     """Same-step loads 1, 7, 14, 21 and 28 days before each target (NaN when unknown)."""
     S = DAY_S // step_s
     return np.stack(
-        [
-            _take(np.asarray(load, dtype="float64"), targets - d * S, origins)
-            for d in BASELINE_LAG_DAYS
-        ],
+        [_take(np.asarray(load, dtype="float64"), targets - d * S, origins) for d in BASELINE_LAG_DAYS],
         axis=1,
     ).astype("float32")

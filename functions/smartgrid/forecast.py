@@ -106,9 +106,7 @@ class Forecast:
 
 
 class Forecaster:
-    def __init__(
-        self, models: ModelSet, calendar: HolidayCalendar, flatline_hours: float = 6.0
-    ) -> None:
+    def __init__(self, models: ModelSet, calendar: HolidayCalendar, flatline_hours: float = 6.0) -> None:
         self.models = models
         self.calendar = calendar
         self.flatline_hours = flatline_hours
@@ -120,17 +118,13 @@ class Forecaster:
         ones (gaps, flatlines, under 14 days) switch to the fallback and say why."""
         reason = None
         try:
-            series = validate(
-                readings, min_days=MIN_PRIMARY_HISTORY_DAYS, flatline_hours=self.flatline_hours
-            )
+            series = validate(readings, min_days=MIN_PRIMARY_HISTORY_DAYS, flatline_hours=self.flatline_hours)
         except DataValidationError as exc:
             if not all(p.code in SOFT_PROBLEMS for p in exc.problems):
                 raise
             series = validate(readings, min_days=1.0, flatline_hours=None, allow_gaps=True)
             reason = "validation: " + "; ".join(p.message for p in exc.problems[:5])
-        return self.forecast(
-            series, self._future_temperature(series, future), fallback_reason=reason
-        )
+        return self.forecast(series, self._future_temperature(series, future), fallback_reason=reason)
 
     @staticmethod
     def _future_temperature(series: Series, future: Readings | None) -> np.ndarray | None:
@@ -139,9 +133,7 @@ class Forecaster:
             return None
         S = DAY_S // series.step_s
         expected = series.end + np.arange(1, S + 1) * np.timedelta64(series.step_s, "s")
-        if len(future) != S or not np.array_equal(
-            future.timestamps.astype("datetime64[s]"), expected
-        ):
+        if len(future) != S or not np.array_equal(future.timestamps.astype("datetime64[s]"), expected):
             raise DataValidationError(
                 [
                     Problem(
@@ -232,49 +224,34 @@ class Forecaster:
         assert model is not None
         if list(model.meta.features) != list(FEATURE_NAMES):
             raise ModelIntegrityError(
-                f"{LOAD_FORECAST} expects features {model.meta.features}, code builds "
-                f"{list(FEATURE_NAMES)}"
+                f"{LOAD_FORECAST} expects features {model.meta.features}, code builds {list(FEATURE_NAMES)}"
             )
         S = targets.shape[0]
         temp = None
         if series.temperature is not None or future_temperature is not None:
-            past = (
-                series.temperature if series.temperature is not None else np.full(series.n, np.nan)
-            )
+            past = series.temperature if series.temperature is not None else np.full(series.n, np.nan)
             fut = future_temperature if future_temperature is not None else np.full(S, np.nan)
             temp = np.concatenate([past, np.asarray(fut, dtype="float64")])
-        fb = build_features(
-            series.load, temp, series.start, series.step_s, targets, origins, self.calendar
-        )
+        fb = build_features(series.load, temp, series.start, series.step_s, targets, origins, self.calendar)
         if not fb.valid.all():
             raise ValueError("history too short to compute the load level")
-        q = model.run(
-            {"features": fb.X, "scale": fb.scale.astype("float32")[:, None]}, ["quantiles"]
-        )[0]
+        q = model.run({"features": fb.X, "scale": fb.scale.astype("float32")[:, None]}, ["quantiles"])[0]
         q = _tidy(np.asarray(q, dtype="float64"))
         if not np.isfinite(q).all():
             raise ValueError("non-finite output")
         return q, model.meta.version
 
-    def _run_baseline(
-        self, series: Series, targets: np.ndarray, origins: np.ndarray
-    ) -> tuple[np.ndarray, str]:
+    def _run_baseline(self, series: Series, targets: np.ndarray, origins: np.ndarray) -> tuple[np.ndarray, str]:
         model = self.models.get(BASELINE_FORECAST)
         if model is None:
             raise ForecastUnavailableError(
                 f"no forecast possible: {BASELINE_FORECAST} not loaded ({self.models.errors.get(BASELINE_FORECAST)})"
             )
         lags = baseline_lags(series.load, series.step_s, targets, origins)
-        hour = ((targets * series.step_s + _secs(series.start)) % DAY_S / 3600.0).astype("float32")[
-            :, None
-        ]
-        q = _tidy(
-            np.asarray(model.run({"lags": lags, "hour": hour}, ["quantiles"])[0], dtype="float64")
-        )
+        hour = ((targets * series.step_s + _secs(series.start)) % DAY_S / 3600.0).astype("float32")[:, None]
+        q = _tidy(np.asarray(model.run({"lags": lags, "hour": hour}, ["quantiles"])[0], dtype="float64"))
         if not np.isfinite(q).all():
-            raise ForecastUnavailableError(
-                "no forecast possible: the fallback needs at least one full day of history"
-            )
+            raise ForecastUnavailableError("no forecast possible: the fallback needs at least one full day of history")
         return q, model.meta.version
 
 

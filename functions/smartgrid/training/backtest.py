@@ -99,9 +99,7 @@ def run_backtest(
     blocks = (
         [test_day_ids]
         if retrain_every <= 0
-        else [
-            test_day_ids[i : i + retrain_every] for i in range(0, len(test_day_ids), retrain_every)
-        ]
+        else [test_day_ids[i : i + retrain_every] for i in range(0, len(test_day_ids), retrain_every)]
     )
     names = ["moe", "naive_day", "naive_week", "fallback", *(references or {})]
     preds: dict[str, list[np.ndarray]] = {k: [] for k in names}
@@ -118,19 +116,13 @@ def run_backtest(
         base_sess = _session(baseline_mod.export_onnx(base))
         timings["train"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        q = moe_sess.run(
-            ["quantiles"], {"features": test.X, "scale": test.scale.astype("float32")[:, None]}
-        )[0]
+        q = moe_sess.run(["quantiles"], {"features": test.X, "scale": test.scale.astype("float32")[:, None]})[0]
         preds["moe"].append(np.sort(np.maximum(q.astype("float64"), 0), axis=1))
-        qb = base_sess.run(
-            ["quantiles"], {"lags": test.lags, "hour": test.hour.astype("float32")[:, None]}
-        )[0]
+        qb = base_sess.run(["quantiles"], {"lags": test.lags, "hour": test.hour.astype("float32")[:, None]})[0]
         preds["fallback"].append(qb.astype("float64"))
         timings["predict"] += time.perf_counter() - t0
         for name, col in (("naive_day", 0), ("naive_week", 1)):
-            lo, hi = baseline_mod.relative_offsets(
-                train.lags[:, col].astype("float64"), train.y, train.hour
-            )
+            lo, hi = baseline_mod.relative_offsets(train.lags[:, col].astype("float64"), train.y, train.hour)
             preds[name].append(_naive_q(test.lags[:, col].astype("float64"), test.hour, lo, hi))
         t0 = time.perf_counter()
         for name, ref in (references or {}).items():
@@ -138,18 +130,11 @@ def run_backtest(
             preds[name].append(ref(train, test))
         timings["references"] += time.perf_counter() - t0
         actual.append(test.y)
-        stamps.append(
-            (test.day_id * DAY_S + np.round(test.hour * 3600).astype("int64")).astype(
-                "datetime64[s]"
-            )
-        )
+        stamps.append((test.day_id * DAY_S + np.round(test.hour * 3600).astype("int64")).astype("datetime64[s]"))
     y = np.concatenate(actual)
     stacked = {k: np.concatenate(v) for k, v in preds.items()}
     usable = np.all([np.isfinite(v).all(axis=1) for v in stacked.values()], axis=0)
-    methods = {
-        k: {**all_metrics(y[usable], v[usable]), "rows": int(usable.sum())}
-        for k, v in stacked.items()
-    }
+    methods = {k: {**all_metrics(y[usable], v[usable]), "rows": int(usable.sum())} for k, v in stacked.items()}
     ts = np.concatenate(stamps)
     return BacktestResult(
         resolution_minutes=series.resolution_minutes,

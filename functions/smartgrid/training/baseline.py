@@ -78,9 +78,7 @@ def train_baseline(
     return model
 
 
-def relative_offsets(
-    pred: np.ndarray, y: np.ndarray, hour: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def relative_offsets(pred: np.ndarray, y: np.ndarray, hour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-hour 10% and 90% quantiles of ``y / pred - 1`` (clipped to <= 0 and >= 0):
     empirical P10/P90 factors around a point forecast."""
     ok = np.isfinite(pred) & np.isfinite(y) & (pred > 0)

@@ -145,9 +145,7 @@ def _train_booster(X: np.ndarray, y: np.ndarray, w: np.ndarray, p: MoEParams, se
     return lgb.train(params, ds, num_boost_round=p.n_estimators)
 
 
-def _fit_gate(
-    G: np.ndarray, P: np.ndarray, y: np.ndarray, l2: float, iters: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _fit_gate(G: np.ndarray, P: np.ndarray, y: np.ndarray, l2: float, iters: int) -> tuple[np.ndarray, np.ndarray]:
     """Softmax gate minimising mean squared error of the mixture (Adam, full batch)."""
     g_dim, k = G.shape[1], P.shape[1]
     W = np.zeros((g_dim, k))
@@ -204,11 +202,7 @@ def train_moe(
     boosters = []
     for k, name in enumerate(names):
         say(f"expert {name} (calibration fit)")
-        boosters.append(
-            _train_booster(
-                X[fit], y_ratio[fit] / A[fit, k], EXPERTS[name].weight(X[fit]), p, p.seed + k
-            )
-        )
+        boosters.append(_train_booster(X[fit], y_ratio[fit] / A[fit, k], EXPERTS[name].weight(X[fit]), p, p.seed + k))
     gate_idx = np.array([F[g] for g in GATE_FEATURES], dtype="int64")
     Gall = np.where(np.isnan(X[:, gate_idx]), 0.0, X[:, gate_idx].astype("float64"))
     mean = Gall[fit].mean(axis=0)
@@ -262,9 +256,7 @@ def train_moe(
     if p.refit:
         for k, name in enumerate(names):
             say(f"expert {name} (refit on all days)")
-            boosters[k] = _train_booster(
-                X, y_ratio / A[:, k], EXPERTS[name].weight(X), p, p.seed + k
-            )
+            boosters[k] = _train_booster(X, y_ratio / A[:, k], EXPERTS[name].weight(X), p, p.seed + k)
     return model
 
 

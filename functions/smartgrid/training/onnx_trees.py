@@ -72,9 +72,7 @@ class _Builder:
 
     def _add(self, node: dict[str, Any], target: int) -> int:
         if node.get("decision_type", "<=") != "<=":
-            raise ValueError(
-                f"unsupported LightGBM split {node.get('decision_type')!r} (categorical?)"
-            )
+            raise ValueError(f"unsupported LightGBM split {node.get('decision_type')!r} (categorical?)")
         nid = self._node()
         thr = float(node["threshold"])
         self.feature[nid] = int(node["split_feature"])
@@ -144,9 +142,7 @@ ML_OPSET = 5
 IR_VERSION = 10
 
 
-def make_model(
-    nodes: list[Any], name: str, inputs: list[Any], outputs: list[Any], initializers: list[Any]
-) -> bytes:
+def make_model(nodes: list[Any], name: str, inputs: list[Any], outputs: list[Any], initializers: list[Any]) -> bytes:
     import onnx
     from onnx import helper
 

@@ -55,23 +55,16 @@ class TrainingRows:
     @staticmethod
     def concat(parts: list[TrainingRows]) -> TrainingRows:
         return TrainingRows(
-            *(
-                np.concatenate([getattr(p, f) for p in parts])
-                for f in ("X", "y", "scale", "day_id", "lags", "hour")
-            )
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("X", "y", "scale", "day_id", "lags", "hour"))
         )
 
 
 def day_ahead_training_rows(series: Series, calendar: HolidayCalendar) -> TrainingRows:
     """Every whole day forecast at its midnight (rows with unknown target or level dropped)."""
     targets, origins = day_ahead_rows(series.n, series.start, series.step_s)
-    fb = build_features(
-        series.load, series.temperature, series.start, series.step_s, targets, origins, calendar
-    )
+    fb = build_features(series.load, series.temperature, series.start, series.step_s, targets, origins, calendar)
     y = series.load[targets]
-    day_id = (
-        int(series.start.astype("datetime64[s]").astype("int64")) + origins * series.step_s
-    ) // DAY_S
+    day_id = (int(series.start.astype("datetime64[s]").astype("int64")) + origins * series.step_s) // DAY_S
     rows = TrainingRows(
         fb.X,
         y,
