@@ -92,6 +92,23 @@ def test_bad_input_fails_clearly_without_output(trained_dir: Path, tmp_path: Pat
     out_dir = tmp_path / "never"
     res = runner.invoke(app, ["train", "--data", str(bad), "--out", str(out_dir)])
     assert res.exit_code == 2 and not out_dir.exists()
+    # a plot that cannot be written: neither the plot nor the JSON is left behind
+    (tmp_path / "afile").write_text("")
+    res = runner.invoke(
+        app,
+        [
+            "backtest",
+            "--data",
+            str(GEFCOM),
+            "--test-days",
+            "5",
+            "--json",
+            str(js),
+            "--plot",
+            str(tmp_path / "afile" / "x.png"),
+        ],
+    )
+    assert res.exit_code == 1 and not js.exists() and "afile" in res.output
     res = runner.invoke(app, ["detect", "--data", str(tmp_path / "nope.csv"), "--models", str(trained_dir)])
     assert res.exit_code == 2 and "not found" in res.output
 

@@ -185,3 +185,18 @@ def test_real_raw_pjme_file_is_rejected_with_specific_problems(tmp_path: Path) -
         load_series(path)
     assert "gaps" in codes(e.value)
     assert "from 2014-03-09T03:00:00Z to 2014-03-09T03:00:00Z" in str(e.value)
+
+
+def test_row_numbers_count_blank_lines_consistently(tmp_path: Path) -> None:
+    rows = hourly(30)
+    text = (
+        "timestamp,load\n"
+        + "\n".join(",".join(r) for r in rows[:3])
+        + "\n\n"
+        + "\n".join(",".join(r) for r in rows[3:])
+    )
+    text = text.replace(rows[5][1], "x", 1)
+    path = tmp_path / "blank.csv"
+    path.write_text(text + "\n")
+    with pytest.raises(DataValidationError, match="row 7: load 'x' is not a number"):
+        read_csv(path)

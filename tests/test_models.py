@@ -141,13 +141,32 @@ def test_fallback_on_short_history(model_dir: Path, gefcom: Series, calendar: Ho
     np.testing.assert_allclose(fc.p50, gefcom.load[24 * 4 : 24 * 5], rtol=1e-5)  # only yesterday is known
 
 
-def test_fallback_on_gap(model_dir: Path, gefcom: Series, calendar: HolidayCalendar) -> None:
-    r = readings_of(gefcom, 24 * 60)
+def _without(r, lo: int, hi: int):
     keep = np.ones(len(r), bool)
-    keep[24 * 50 : 24 * 50 + 5] = False
-    gappy = readings_from_records(r.timestamps[keep], r.load[keep], r.temperature[keep])
-    fc = _forecaster(model_dir, calendar).forecast_readings(gappy)
-    assert fc.model == BASELINE_FORECAST and "gap" in (fc.fallback_reason or "")
+    keep[lo:hi] = False
+    return readings_from_records(r.timestamps[keep], r.load[keep], r.temperature[keep])
+
+
+def test_fallback_on_recent_gap_only(model_dir: Path, gefcom: Series, calendar: HolidayCalendar) -> None:
+    r = readings_of(gefcom, 24 * 60)
+    fc = _forecaster(model_dir, calendar).forecast_readings(_without(r, 24 * 50, 24 * 50 + 5))
+    assert fc.model == BASELINE_FORECAST and "5 missing reading(s)" in (fc.fallback_reason or "")
+    # a gap older than the 28 days the primary reads does not matter
+    fc = _forecaster(model_dir, calendar).forecast_readings(_without(r, 24 * 20, 24 * 20 + 5))
+    assert fc.model == LOAD_FORECAST
+
+
+def test_fallback_on_recent_flatline(model_dir: Path, gefcom: Series, calendar: HolidayCalendar) -> None:
+    r = readings_of(gefcom, 24 * 60)
+    r.load[24 * 55 : 24 * 55 + 8] = 1234.0
+    fc = _forecaster(model_dir, calendar).forecast_readings(r)
+    assert fc.model == BASELINE_FORECAST and "flatline" in (fc.fallback_reason or "")
+
+
+def test_fallback_when_history_ends_mid_day(model_dir: Path, gefcom: Series, calendar: HolidayCalendar) -> None:
+    fc = _forecaster(model_dir, calendar).forecast_readings(readings_of(gefcom, 24 * 60 + 13))
+    assert fc.model == BASELINE_FORECAST and "end of a day" in (fc.fallback_reason or "")
+    assert str(fc.timestamps[0]) == str(gefcom.timestamps[24 * 60 + 13])
 
 
 def test_fallback_when_primary_missing_or_corrupt(
@@ -192,8 +211,19 @@ def test_temperature_forecast_must_cover_the_next_day(
 
 
 def test_primary_at_15_minutes(model_dir: Path, gefcom: Series, calendar: HolidayCalendar) -> None:
-    fine = upsample(gefcom.slice(0, 24 * 40), 15)
+    fine = upsample(gefcom.slice(0, 24 * 40 + 1), 15)
+    fine = fine.slice(0, 40 * 96)  # whole days: 00:00 .. 23:45
     fc = _forecaster(model_dir, calendar).forecast(fine)
     assert fc.model == LOAD_FORECAST and fc.p50.shape == (96,) and fc.resolution_minutes == 15
-    actual = gefcom.load[24 * 40 - 1 : 24 * 41 - 1]
-    assert np.mean(np.abs(fc.p50[::4] - actual) / actual) < 0.2
+    assert str(fc.timestamps[0]) == str(gefcom.timestamps[24 * 40])
+    actual = gefcom.load[24 * 40 : 24 * 41]  # the hourly readings at :00
+    assert np.mean(np.abs(fc.p50[::4] - actual) / actual) < 0.1
+
+
+def test_temperature_forecast_range_is_checked(model_dir: Path, gefcom: Series, calendar: HolidayCalendar) -> None:
+    n = 24 * 60
+    hot = gefcom.temperature[n : n + 24].copy()
+    hot[3] = 500.0
+    bad = readings_from_records(gefcom.timestamps[n : n + 24], [0.0] * 24, hot)
+    with pytest.raises(DataValidationError, match="row\\(s\\) 4"):
+        _forecaster(model_dir, calendar).forecast_readings(readings_of(gefcom, n), bad)

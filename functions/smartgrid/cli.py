@@ -16,11 +16,12 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .config import get_settings
-from .errors import DataValidationError, ModelIntegrityError, ModelNotFoundError, SmartgridError
+from .errors import ModelIntegrityError, ModelNotFoundError, SmartgridError
 
 app = typer.Typer(
     help="Day-ahead load forecasting and meter-data anomaly detection.",
@@ -40,14 +41,15 @@ FillOpt = Annotated[int, typer.Option("--fill-gaps", min=0, help="Interpolate ga
 
 
 def _fail(exc: Exception) -> None:
-    code = (
-        2
-        if isinstance(exc, DataValidationError | ValueError)
-        else 3
-        if isinstance(exc, ModelIntegrityError | ModelNotFoundError)
-        else 1
-    )
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    """Exit 2 for bad input, 3 for a model that cannot be used, 1 for files we cannot write."""
+    if isinstance(exc, ModelIntegrityError | ModelNotFoundError):
+        code = 3
+    elif isinstance(exc, OSError):
+        code = 1
+        exc = OSError(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    else:
+        code = 2
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -55,7 +57,7 @@ def _fail(exc: Exception) -> None:
 def _errors() -> Iterator[None]:
     try:
         yield
-    except (SmartgridError, ValueError) as exc:
+    except (SmartgridError, ValueError, OSError) as exc:  # ValueError includes pydantic's settings errors
         _fail(exc)
 
 
@@ -85,6 +87,17 @@ def _calendar(country: str | None) -> Any:
     return HolidayCalendar(country or s.holiday_country, s.holiday_subdivision)
 
 
+def _check_outputs(*paths: Path | None) -> None:
+    """Fail before any work if an output cannot be written (its folder cannot be made, or
+    the path is a directory), so a late failure never leaves some outputs written."""
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def _write_json(path: Path, payload: Any) -> None:
     from .io_utils import atomic_write_text
 
@@ -105,15 +118,16 @@ def train(
 
     with _errors():
         settings = get_settings()
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"--out {out_dir} exists and is not a directory")
+        calendar = _calendar(country)
         series = [
             load_series(p, min_days=60, flatline_hours=settings.flatline_hours, fill_gaps_up_to=fill_gaps) for p in data
         ]
         for s in series:
             out.print(f"{s.source}: {s.n} readings, {s.resolution_minutes}-minute resolution, {s.missing_report}")
         with _progress(2 * len(EXPERTS) + 6, "training") as step:
-            metas = train_all(
-                series, out_dir, _calendar(country), MoEParams(threads=settings.train_threads), progress=step
-            )
+            metas = train_all(series, out_dir, calendar, MoEParams(threads=settings.train_threads), progress=step)
     table = Table(title=f"models written to {out_dir}")
     for c in ("model", "version", "sha256", "metrics"):
         table.add_column(c)
@@ -134,11 +148,13 @@ def backtest(
 ) -> None:
     """Rolling-origin day-ahead backtest of the MoE against naive baselines."""
     from .data import load_series
-    from .training.backtest import plot_backtest, run_backtest, whole_days
+    from .io_utils import atomic_write_bytes
+    from .training.backtest import render_backtest_png, run_backtest, whole_days
     from .training.moe import EXPERTS, MoEParams
 
     with _errors():
         settings = get_settings()
+        _check_outputs(json_out, plot)
         series = load_series(data, min_days=30, flatline_hours=settings.flatline_hours, fill_gaps_up_to=fill_gaps)
         n_test = test_days or round(whole_days(series) * 0.2)
         blocks = -(-n_test // retrain_every) if retrain_every > 0 else 1
@@ -151,11 +167,11 @@ def backtest(
                 params=MoEParams(threads=settings.train_threads),
                 progress=step,
             )
-        payload = result.to_json()
+        png = render_backtest_png(result) if plot else None  # render before writing anything
         if json_out:
-            _write_json(json_out, payload)
-        if plot:
-            plot_backtest(result, str(plot))
+            _write_json(json_out, result.to_json())
+        if plot and png is not None:
+            atomic_write_bytes(plot, png)
     table = Table(
         title=f"{data}: {result.test_days} test days ({result.test_start} .. {result.test_end}), "
         f"{result.resolution_minutes}-minute"
@@ -180,7 +196,7 @@ def detect(
     data: DataOpt,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write scores and flags as JSON")] = None,
     models: ModelsOpt = None,
-    threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0)] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", min=0.01, max=0.99)] = None,
 ) -> None:
     """Score every reading and list the flagged ones with score and kind."""
     from .anomaly import detect as run_detect
@@ -189,6 +205,7 @@ def detect(
 
     with _errors():
         settings = get_settings()
+        _check_outputs(json_out)
         series = validate(read_csv(data), min_days=1.0, flatline_hours=None, allow_gaps=True)
         model = load_model(models or settings.model_dir, ANOMALY_DETECTOR, threads=settings.ort_threads)
         thr = (
@@ -238,6 +255,7 @@ def forecast(
 
     with _errors():
         settings = get_settings()
+        _check_outputs(csv_out)
         readings = read_csv(data)
         future = read_temperature_csv(temperature_forecast) if temperature_forecast else None
         ms = ModelSet.load(models or settings.model_dir, threads=settings.ort_threads)

@@ -131,15 +131,12 @@ def parse_timestamp(text: str) -> np.datetime64:
     return np.datetime64(dt.replace(microsecond=0), "s")
 
 
-def _parse_float(text: str) -> float:
-    return float(text.strip())
-
-
 def readings_from_records(
     timestamps: Iterable[str | datetime | np.datetime64],
     load: Iterable[object],
     temperature: Iterable[object] | None = None,
     source: str = "input",
+    rows: Sequence[int] | None = None,
 ) -> Readings:
     """Build ``Readings`` from Python values (API bodies, tests). Invalid values raise a
     ``DataValidationError`` naming the rows, exactly as CSV input does."""
@@ -152,6 +149,7 @@ def readings_from_records(
             [Problem("length_mismatch", "timestamps, load and temperature differ in length")],
             source,
         )
+    rn = list(rows) if rows is not None else list(range(1, len(ts_list) + 1))
     ts = np.empty(len(ts_list), dtype="datetime64[s]")
     for i, t in enumerate(ts_list):
         try:
@@ -163,40 +161,42 @@ def readings_from_records(
                 ts[i] = np.datetime64(t.replace(microsecond=0), "s")
             else:
                 ts[i] = parse_timestamp(str(t))
-        except ValueError:
+        except (ValueError, OverflowError):
             problems.append(
                 Problem(
                     "bad_timestamp",
-                    f"row {i + 1}: timestamp {t!r} is not ISO 8601",
-                    (i + 1,),
+                    f"row {rn[i]}: timestamp {t!r} is not ISO 8601",
+                    (rn[i],),
                     "timestamp",
                 )
             )
-    loads = _floats(load_list, "load", problems)
-    temps = None if temp_list is None else _floats(temp_list, "temperature", problems, blank_ok=True)
+    loads = _floats(load_list, "load", problems, rn)
+    temps = None if temp_list is None else _floats(temp_list, "temperature", problems, rn, blank_ok=True)
     if problems:
         raise DataValidationError(problems, source)
-    return Readings(ts, loads, temps, np.arange(1, len(ts_list) + 1, dtype="int64"), source)
+    return Readings(ts, loads, temps, np.asarray(rn, dtype="int64"), source)
 
 
-def _floats(values: list[object], name: str, problems: list[Problem], blank_ok: bool = False) -> np.ndarray:
+def _floats(
+    values: list[object], name: str, problems: list[Problem], rn: list[int], blank_ok: bool = False
+) -> np.ndarray:
     out = np.empty(len(values), dtype="float64")
     for i, v in enumerate(values):
         if v is None or (isinstance(v, str) and not v.strip()):
             if blank_ok:
                 out[i] = np.nan
                 continue
-            problems.append(Problem(f"missing_{name}", f"row {i + 1}: {name} is empty", (i + 1,), name))
+            problems.append(Problem(f"missing_{name}", f"row {rn[i]}: {name} is empty", (rn[i],), name))
             out[i] = np.nan
             continue
         try:
-            f = _parse_float(v) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
+            f = float(v.strip()) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             problems.append(
                 Problem(
                     f"non_numeric_{name}",
-                    f"row {i + 1}: {name} {v!r} is not a number",
-                    (i + 1,),
+                    f"row {rn[i]}: {name} {v!r} is not a number",
+                    (rn[i],),
                     name,
                 )
             )
@@ -206,8 +206,8 @@ def _floats(values: list[object], name: str, problems: list[Problem], blank_ok: 
                 problems.append(
                     Problem(
                         f"non_finite_{name}",
-                        f"row {i + 1}: {name} {v!r} is not finite",
-                        (i + 1,),
+                        f"row {rn[i]}: {name} {v!r} is not finite",
+                        (rn[i],),
                         name,
                     )
                 )
@@ -267,6 +267,7 @@ def _parse_csv(path: Path, required: tuple[str, ...]) -> Readings:
     ts_raw: list[str] = []
     load_raw: list[str] = []
     temp_raw: list[str] = []
+    row_numbers: list[int] = []
     problems: list[Problem] = []
     width = len(cols)
     for rowno, row in enumerate(reader, start=1):
@@ -275,6 +276,7 @@ def _parse_csv(path: Path, required: tuple[str, ...]) -> Readings:
         if len(row) < width:
             problems.append(Problem("short_row", f"row {rowno}: expected {width} fields, got {len(row)}", (rowno,)))
             row = row + [""] * (width - len(row))
+        row_numbers.append(rowno)
         ts_raw.append(row[i_ts])
         load_raw.append(row[i_load] if i_load is not None else "nan")
         if i_temp is not None:
@@ -288,6 +290,7 @@ def _parse_csv(path: Path, required: tuple[str, ...]) -> Readings:
         load_raw if i_load is not None else [0.0] * len(ts_raw),
         temp_raw if i_temp is not None else None,
         source,
+        row_numbers,
     )
     if i_load is None:
         readings.load[:] = np.nan
@@ -312,7 +315,6 @@ def validate(
     flatline_hours: float | None = 6.0,
     fill_gaps_up_to: int = 0,
     allow_gaps: bool = False,
-    max_load: float | None = None,
 ) -> Series:
     """Check readings and return them on a regular grid.
 
@@ -351,17 +353,6 @@ def validate(
                 "load",
             )
         )
-    if max_load is not None:
-        big = np.flatnonzero(readings.load > max_load)
-        if big.size:
-            problems.append(
-                Problem(
-                    "load_out_of_range",
-                    f"load above {max_load:g} MW at {_rows_text(rows[big].tolist())}",
-                    tuple(rows[big].tolist()),
-                    "load",
-                )
-            )
     if readings.temperature is not None:
         t = readings.temperature
         bad_t = np.flatnonzero((t < MIN_TEMPERATURE_C) | (t > MAX_TEMPERATURE_C))
@@ -406,12 +397,12 @@ def validate(
 
     step = infer_step_seconds(d)
     assert step is not None
-    if step < MIN_RESOLUTION_S or step > MAX_RESOLUTION_S or DAY_S % step:
+    if step < MIN_RESOLUTION_S or step > MAX_RESOLUTION_S or DAY_S % step or 3600 % step:
         problems.append(
             Problem(
                 "unsupported_resolution",
                 f"inferred resolution {step / 60:g} minutes is not supported: it must be between "
-                f"5 and 60 minutes and divide a day evenly",
+                f"5 and 60 minutes and divide an hour evenly",
                 (),
                 "timestamp",
             )

@@ -75,7 +75,10 @@ class HolidayCalendar:
     def __init__(self, country: str = "US", subdivision: str | None = None) -> None:
         self.country = country.upper()
         self.subdivision = subdivision
-        self._days = _holiday_days(self.country, subdivision)
+        try:
+            self._days = _holiday_days(self.country, subdivision)
+        except NotImplementedError as exc:
+            raise ValueError(f"unknown holiday calendar: country {country!r}, subdivision {subdivision!r}") from exc
 
     def is_holiday(self, days: np.ndarray) -> np.ndarray:
         return np.isin(days.astype("datetime64[D]").astype("int64"), self._days)

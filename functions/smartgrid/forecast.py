@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import Readings, Series, iso, validate
+from .data import MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, Readings, Series, flat_runs, iso, validate
 from .errors import (
     DataValidationError,
     ForecastUnavailableError,
@@ -35,8 +35,9 @@ from .registry import BASELINE_FORECAST, LOAD_FORECAST, MODEL_NAMES, LoadedModel
 
 log = logging.getLogger(__name__)
 
-# Problems that stop the primary model but still allow the fallback profile.
-SOFT_PROBLEMS = frozenset({"gaps", "gap", "flatline", "too_little_history"})
+# The primary model reads up to 28 days back (the 4-week same-step mean); gaps or flatlines
+# in that window send the forecast to the fallback, older ones do not matter.
+PRIMARY_WINDOW_DAYS = 28
 
 
 @dataclass
@@ -114,17 +115,11 @@ class Forecaster:
     # -- entry point for raw readings (CLI, API): validation decides primary vs fallback
     def forecast_readings(self, readings: Readings, future: Readings | None = None) -> Forecast:
         """Validate, then forecast. Hard problems (duplicates, order, non-numeric or negative
-        loads, unsupported resolution, less than a day) raise ``DataValidationError``; soft
-        ones (gaps, flatlines, under 14 days) switch to the fallback and say why."""
-        reason = None
-        try:
-            series = validate(readings, min_days=MIN_PRIMARY_HISTORY_DAYS, flatline_hours=self.flatline_hours)
-        except DataValidationError as exc:
-            if not all(p.code in SOFT_PROBLEMS for p in exc.problems):
-                raise
-            series = validate(readings, min_days=1.0, flatline_hours=None, allow_gaps=True)
-            reason = "validation: " + "; ".join(p.message for p in exc.problems[:5])
-        return self.forecast(series, self._future_temperature(series, future), fallback_reason=reason)
+        loads, unsupported resolution, less than a day) raise ``DataValidationError``; gaps and
+        flatlines are allowed here and judged by ``_primary_blocker`` on the window the
+        primary model reads, switching to the fallback (with the reason) when they touch it."""
+        series = validate(readings, min_days=1.0, flatline_hours=None, allow_gaps=True)
+        return self.forecast(series, self._future_temperature(series, future))
 
     @staticmethod
     def _future_temperature(series: Series, future: Readings | None) -> np.ndarray | None:
@@ -146,7 +141,22 @@ class Forecaster:
                 ],
                 future.source,
             )
-        return future.temperature
+        t = future.temperature
+        bad = np.flatnonzero((t < MIN_TEMPERATURE_C) | (t > MAX_TEMPERATURE_C))
+        if bad.size:
+            raise DataValidationError(
+                [
+                    Problem(
+                        "temperature_out_of_range",
+                        f"temperature forecast outside [{MIN_TEMPERATURE_C:g}, {MAX_TEMPERATURE_C:g}] deg C at "
+                        f"row(s) {', '.join(str(int(r)) for r in future.rows[bad][:8])}",
+                        tuple(int(r) for r in future.rows[bad]),
+                        "temperature_forecast",
+                    )
+                ],
+                future.source,
+            )
+        return t
 
     def forecast(
         self,
@@ -204,13 +214,32 @@ class Forecaster:
         )
 
     def _primary_blocker(self, series: Series) -> str | None:
+        """Why the primary model cannot forecast this series, or None if it can."""
         if self.models.get(LOAD_FORECAST) is None:
             return f"{LOAD_FORECAST} not loaded: {self.models.errors.get(LOAD_FORECAST, 'unknown error')}"
-        need = MIN_PRIMARY_HISTORY_DAYS * (DAY_S // series.step_s)
-        if series.n < need:
-            return f"history has {series.n} steps; the primary model needs {need} ({MIN_PRIMARY_HISTORY_DAYS} days)"
-        if np.isnan(series.load[-need:]).any():
-            return f"history has missing readings in the last {MIN_PRIMARY_HISTORY_DAYS} days"
+        S = DAY_S // series.step_s
+        need = PRIMARY_WINDOW_DAYS * S
+        if series.n < MIN_PRIMARY_HISTORY_DAYS * S:
+            return (
+                f"history covers {series.n / S:.1f} day(s); the primary model needs "
+                f"{MIN_PRIMARY_HISTORY_DAYS} whole days"
+            )
+        if (_secs(series.start) + series.n * series.step_s) % DAY_S:
+            return (
+                f"history ends at {iso(series.end)}, not at the end of a day (UTC); the day-ahead model "
+                "forecasts from midnight, so send whole days for the primary forecast"
+            )
+        window = series.load[-need:]
+        if np.isnan(window[-MIN_PRIMARY_HISTORY_DAYS * S :]).any():
+            missing = int(np.isnan(window).sum())
+            return f"{missing} missing reading(s) in the last {PRIMARY_WINDOW_DAYS} days of history"
+        runs = flat_runs(window, max(3, int(np.ceil(self.flatline_hours * 3600 / series.step_s))))
+        if runs:
+            a, b = runs[0]
+            return (
+                f"flatline in the history: {b - a} identical readings ({window[a]:g} MW) within the last "
+                f"{PRIMARY_WINDOW_DAYS} days"
+            )
         return None
 
     def _run_primary(
@@ -236,7 +265,7 @@ class Forecaster:
         if not fb.valid.all():
             raise ValueError("history too short to compute the load level")
         q = model.run({"features": fb.X, "scale": fb.scale.astype("float32")[:, None]}, ["quantiles"])[0]
-        q = _tidy(np.asarray(q, dtype="float64"))
+        q = tidy_quantiles(np.asarray(q, dtype="float64"))
         if not np.isfinite(q).all():
             raise ValueError("non-finite output")
         return q, model.meta.version
@@ -249,7 +278,7 @@ class Forecaster:
             )
         lags = baseline_lags(series.load, series.step_s, targets, origins)
         hour = ((targets * series.step_s + _secs(series.start)) % DAY_S / 3600.0).astype("float32")[:, None]
-        q = _tidy(np.asarray(model.run({"lags": lags, "hour": hour}, ["quantiles"])[0], dtype="float64"))
+        q = tidy_quantiles(np.asarray(model.run({"lags": lags, "hour": hour}, ["quantiles"])[0], dtype="float64"))
         if not np.isfinite(q).all():
             raise ForecastUnavailableError("no forecast possible: the fallback needs at least one full day of history")
         return q, model.meta.version
@@ -259,6 +288,6 @@ def _secs(t: np.datetime64) -> int:
     return int(t.astype("datetime64[s]").astype("int64"))
 
 
-def _tidy(q: np.ndarray) -> np.ndarray:
+def tidy_quantiles(q: np.ndarray) -> np.ndarray:
     """Loads are not negative; keep P10 <= P50 <= P90 exactly."""
     return np.sort(np.maximum(q, 0.0), axis=1)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..data import Series, iso
 from ..features import DAY_S, HolidayCalendar, day_starts
+from ..forecast import tidy_quantiles
 from ..metrics import all_metrics
 from . import baseline as baseline_mod
 from . import moe as moe_mod
@@ -117,9 +118,9 @@ def run_backtest(
         timings["train"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         q = moe_sess.run(["quantiles"], {"features": test.X, "scale": test.scale.astype("float32")[:, None]})[0]
-        preds["moe"].append(np.sort(np.maximum(q.astype("float64"), 0), axis=1))
+        preds["moe"].append(tidy_quantiles(q.astype("float64")))
         qb = base_sess.run(["quantiles"], {"lags": test.lags, "hour": test.hour.astype("float32")[:, None]})[0]
-        preds["fallback"].append(qb.astype("float64"))
+        preds["fallback"].append(tidy_quantiles(qb.astype("float64")))
         timings["predict"] += time.perf_counter() - t0
         for name, col in (("naive_day", 0), ("naive_week", 1)):
             lo, hi = baseline_mod.relative_offsets(train.lags[:, col].astype("float64"), train.y, train.hour)
@@ -155,14 +156,12 @@ def run_backtest(
     )
 
 
-def plot_backtest(result: BacktestResult, path: str, days: int = 14) -> None:
-    """Forecasts with their P10-P90 interval against actuals over the last ``days`` test days."""
+def render_backtest_png(result: BacktestResult, days: int = 14) -> bytes:
+    """PNG of forecasts with their P10-P90 interval against actuals over the last ``days`` test days."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..io_utils import atomic_write_bytes
 
     cut = result.timestamps.max() - np.timedelta64(days, "D")
     sel = result.timestamps > cut
@@ -194,4 +193,4 @@ def plot_backtest(result: BacktestResult, path: str, days: int = 14) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()

@@ -4,8 +4,8 @@ In the spirit of OpenSTEF's fallbacks, it needs no features beyond past loads, s
 when the primary model cannot (short or gappy history, a model that failed to load, a
 failed validation). Weights on the loads 1, 7, 14, 21 and 28 days earlier are fitted by
 least squares on the simplex; at inference, missing lags are skipped and the remaining
-weights renormalised, so one day of history is enough. P10/P90 are split-conformal
-relative offsets per hour of day, so quantiles cannot cross.
+weights renormalised, so one day of history is enough. P10/P90 are empirical quantiles of
+the relative error per hour of day on the latest training days, so quantiles cannot cross.
 """
 
 from __future__ import annotations

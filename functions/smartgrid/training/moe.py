@@ -103,7 +103,7 @@ class MoEModel:
     # -- pure-Python inference, the reference the ONNX export must match
     def gate_weights(self, X: np.ndarray) -> np.ndarray:
         G = X[:, self.gate_idx].astype("float64")
-        G = np.where(np.isnan(G), 0.0, G)
+        G = np.where(np.isnan(G), self.gate_mean, G)
         z = ((G - self.gate_mean) / self.gate_std) @ self.gate_W + self.gate_b
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
@@ -184,18 +184,29 @@ def train_moe(
     day_id: np.ndarray,
     params: MoEParams | None = None,
     progress: Callable[[str], None] | None = None,
+    group: np.ndarray | None = None,
 ) -> MoEModel:
-    """Train experts, gate and conformal intervals. ``day_id`` orders rows by day; the
-    latest ``calib_fraction`` of days calibrate the gate (first half) and intervals (second)."""
+    """Train experts, gate and conformal intervals. ``day_id`` orders rows by day; within
+    each ``group`` (one per training series), the latest ``calib_fraction`` of its days
+    calibrate the gate (first half) and the intervals (second half), so pooled series all
+    take part in calibration."""
     p = params or MoEParams()
     say = progress or (lambda _msg: None)
+    groups = np.zeros(day_id.shape[0], dtype="int64") if group is None else np.asarray(group)
+    gate_rows = np.zeros(day_id.shape[0], dtype=bool)
+    conf_rows = np.zeros(day_id.shape[0], dtype=bool)
+    for g in np.unique(groups):
+        in_g = groups == g
+        g_days = np.unique(day_id[in_g])
+        n_cal = max(2, round(len(g_days) * p.calib_fraction))
+        cal_days = g_days[-n_cal:]
+        gate_rows |= in_g & np.isin(day_id, cal_days[: n_cal // 2])
+        conf_rows |= in_g & np.isin(day_id, cal_days[n_cal // 2 :])
+    fit = ~(gate_rows | conf_rows)
+    conf_days = np.unique(day_id[conf_rows])
+    gate_days = np.unique(day_id[gate_rows])
     days = np.unique(day_id)
-    n_cal = max(2, round(len(days) * p.calib_fraction))
-    cal_days = days[-n_cal:]
-    gate_days, conf_days = cal_days[: n_cal // 2], cal_days[n_cal // 2 :]
-    fit = ~np.isin(day_id, cal_days)
-    gate_rows = np.isin(day_id, gate_days)
-    conf_rows = np.isin(day_id, conf_days)
+    n_cal = len(np.unique(day_id[~fit]))
     names = list(EXPERTS)
 
     A = anchors(X, names)
@@ -204,8 +215,12 @@ def train_moe(
         say(f"expert {name} (calibration fit)")
         boosters.append(_train_booster(X[fit], y_ratio[fit] / A[fit, k], EXPERTS[name].weight(X[fit]), p, p.seed + k))
     gate_idx = np.array([F[g] for g in GATE_FEATURES], dtype="int64")
-    Gall = np.where(np.isnan(X[:, gate_idx]), 0.0, X[:, gate_idx].astype("float64"))
-    mean = Gall[fit].mean(axis=0)
+    Graw = X[:, gate_idx].astype("float64")
+    known = np.isfinite(Graw[fit])
+    counts = known.sum(axis=0)
+    mean = np.where(counts > 0, np.where(known, Graw[fit], 0.0).sum(axis=0) / np.maximum(counts, 1), 0.0)
+    # a missing gate input (no temperature) takes the training mean: neutral, not 0 deg C
+    Gall = np.where(np.isnan(Graw), mean, Graw)
     std = Gall[fit].std(axis=0)
     std[std < 1e-6] = 1.0
     model = MoEModel(
@@ -305,7 +320,7 @@ def export_onnx(model: MoEModel) -> bytes:
         trees,
         N("Gather", ["features", "gate_idx"], ["g_raw"], axis=1),
         N("IsNaN", ["g_raw"], ["g_nan"]),
-        N("Where", ["g_nan", "zero", "g_raw"], ["g_filled"]),
+        N("Where", ["g_nan", "gate_mean", "g_raw"], ["g_filled"]),
         N("Sub", ["g_filled", "gate_mean"], ["g_c"]),
         N("Div", ["g_c", "gate_std"], ["g_n"]),
         N("MatMul", ["g_n", "gate_W"], ["g_z0"]),

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -38,28 +38,22 @@ class TrainingRows:
     day_id: np.ndarray  # days since epoch of each row's origin
     lags: np.ndarray  # baseline lags [m, L]
     hour: np.ndarray  # hour of day (float)
+    group: np.ndarray  # which training series each row comes from
+
+    _FIELDS: ClassVar[tuple[str, ...]] = ("X", "y", "scale", "day_id", "lags", "hour", "group")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def take(self, mask: np.ndarray) -> TrainingRows:
-        return TrainingRows(
-            self.X[mask],
-            self.y[mask],
-            self.scale[mask],
-            self.day_id[mask],
-            self.lags[mask],
-            self.hour[mask],
-        )
+        return TrainingRows(*(getattr(self, f)[mask] for f in self._FIELDS))
 
     @staticmethod
     def concat(parts: list[TrainingRows]) -> TrainingRows:
-        return TrainingRows(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("X", "y", "scale", "day_id", "lags", "hour"))
-        )
+        return TrainingRows(*(np.concatenate([getattr(p, f) for p in parts]) for f in TrainingRows._FIELDS))
 
 
-def day_ahead_training_rows(series: Series, calendar: HolidayCalendar) -> TrainingRows:
+def day_ahead_training_rows(series: Series, calendar: HolidayCalendar, group: int = 0) -> TrainingRows:
     """Every whole day forecast at its midnight (rows with unknown target or level dropped)."""
     targets, origins = day_ahead_rows(series.n, series.start, series.step_s)
     fb = build_features(series.load, series.temperature, series.start, series.step_s, targets, origins, calendar)
@@ -72,6 +66,7 @@ def day_ahead_training_rows(series: Series, calendar: HolidayCalendar) -> Traini
         day_id,
         baseline_lags(series.load, series.step_s, targets, origins),
         fb.X[:, FEATURE_INDEX["hour"]].astype("float64"),
+        np.full(y.shape[0], group, dtype="int64"),
     )
     return rows.take(fb.valid & np.isfinite(y))
 
@@ -80,7 +75,7 @@ def fit_models(
     rows: TrainingRows, params: moe_mod.MoEParams | None = None, progress: Progress | None = None
 ) -> tuple[moe_mod.MoEModel, baseline_mod.BaselineModel]:
     say = progress or (lambda _m: None)
-    moe = moe_mod.train_moe(rows.X, rows.y / rows.scale, rows.day_id, params, progress=say)
+    moe = moe_mod.train_moe(rows.X, rows.y / rows.scale, rows.day_id, params, progress=say, group=rows.group)
     say("baseline profile")
     base = baseline_mod.train_baseline(rows.lags, rows.y, rows.hour, rows.day_id)
     return moe, base
@@ -114,7 +109,7 @@ def train_all(
     version = new_version(now)
     created = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     t0 = time.perf_counter()
-    rows = TrainingRows.concat([day_ahead_training_rows(s, calendar) for s in series_list])
+    rows = TrainingRows.concat([day_ahead_training_rows(s, calendar, group=k) for k, s in enumerate(series_list)])
     if len(rows) == 0:
         raise ValueError("no trainable day-ahead rows (need more than 14 days of history)")
     p = params or moe_mod.MoEParams()
@@ -175,7 +170,8 @@ def train_all(
         metas["anomaly_detector"] = anomaly_train.train_and_save(
             series_list,
             stage,
-            training_window=window,
+            # the detector trains on the first 80% of each series and evaluates on the rest
+            training_window=_window([anomaly_train.split_series(s)[0] for s in series_list]),
             resolution_minutes=resolution,
             progress=say,
             **kwargs,
