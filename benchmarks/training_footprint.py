@@ -26,30 +26,8 @@ from smartgrid.training.pipeline import train_all
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA = [SHARED / "gefcom2014e_hourly.csv.gz", SHARED / "pjme_hourly.csv.gz"]
-# What `import smartgrid.training` pulls in at run time, by distribution.
-TRAINING_DISTS = [
-    "lightgbm",
-    "scipy",
-    "numpy",
-    "onnx",
-    "protobuf",
-    "onnxruntime",
-    "holidays",
-    "python-dateutil",
-    "six",
-    "pydantic",
-    "pydantic-core",
-    "pydantic-settings",
-    "typing-extensions",
-    "annotated-types",
-    "typing-inspection",
-    "flatbuffers",
-    "packaging",
-    "coloredlogs",
-    "humanfriendly",
-    "sympy",
-    "mpmath",
-]
+# What inference imports, by distribution; training adds LightGBM (and scipy, which it
+# imports) and onnx (with protobuf) for building graphs.
 INFERENCE_DISTS = [
     "numpy",
     "onnxruntime",
@@ -70,6 +48,7 @@ INFERENCE_DISTS = [
     "mpmath",
     "protobuf",
 ]
+TRAINING_DISTS = [*INFERENCE_DISTS, "lightgbm", "scipy", "onnx"]
 
 
 def dist_size(name: str) -> int:

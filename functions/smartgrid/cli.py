@@ -149,14 +149,14 @@ def backtest(
     """Rolling-origin day-ahead backtest of the MoE against naive baselines."""
     from .data import load_series
     from .io_utils import atomic_write_bytes
-    from .training.backtest import render_backtest_png, run_backtest, whole_days
+    from .training.backtest import default_test_days, render_backtest_png, run_backtest
     from .training.moe import EXPERTS, MoEParams
 
     with _errors():
         settings = get_settings()
         _check_outputs(json_out, plot)
         series = load_series(data, min_days=30, flatline_hours=settings.flatline_hours, fill_gaps_up_to=fill_gaps)
-        n_test = test_days or round(whole_days(series) * 0.2)
+        n_test = test_days or default_test_days(series)
         blocks = -(-n_test // retrain_every) if retrain_every > 0 else 1
         with _progress((2 * len(EXPERTS) + 3) * blocks, "backtest") as step:
             result = run_backtest(

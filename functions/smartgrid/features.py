@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-DAY_S = 86_400
+from .data import DAY_S
 
 FEATURE_NAMES: tuple[str, ...] = (
     "tod_sin",

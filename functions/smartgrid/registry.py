@@ -109,16 +109,21 @@ def read_model_bytes(directory: str | Path, name: str) -> tuple[ModelMetadata, b
     return meta, data
 
 
-def load_model(directory: str | Path, name: str, threads: int = 1) -> LoadedModel:
+def make_session(onnx_bytes: bytes, threads: int = 1) -> Any:
+    """An onnxruntime session on the CPU with ``threads`` intra-op threads, quiet logging."""
     import onnxruntime as ort
 
-    meta, data = read_model_bytes(directory, name)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def load_model(directory: str | Path, name: str, threads: int = 1) -> LoadedModel:
+    meta, data = read_model_bytes(directory, name)
     try:
-        session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        session = make_session(data, threads)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelIntegrityError(f"{name}: onnxruntime could not load the model: {exc}") from exc
     return LoadedModel(meta, session)

@@ -222,13 +222,7 @@ def export_detector_onnx(booster: Any) -> bytes:
 
 def session_model(onnx_bytes: bytes, resolution_minutes: int = 60) -> registry.LoadedModel:
     """Wrap ONNX bytes in a ``LoadedModel`` (one thread), e.g. to evaluate before saving."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    session = registry.make_session(onnx_bytes, threads=1)
     meta = registry.ModelMetadata(
         name=registry.ANOMALY_DETECTOR,
         version="unsaved",

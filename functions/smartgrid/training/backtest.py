@@ -22,6 +22,7 @@ from ..data import Series, iso
 from ..features import DAY_S, HolidayCalendar, day_starts
 from ..forecast import tidy_quantiles
 from ..metrics import all_metrics
+from ..registry import make_session
 from . import baseline as baseline_mod
 from . import moe as moe_mod
 from .pipeline import Progress, TrainingRows, day_ahead_training_rows, fit_models
@@ -56,17 +57,14 @@ class BacktestResult:
         }
 
 
-def _session(onnx_bytes: bytes) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def _naive_q(pred: np.ndarray, hour: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     h = np.clip(np.floor(hour).astype(int), 0, 23)
     return np.stack([pred * (1 + lo[h]), pred, pred * (1 + hi[h])], axis=1)
+
+
+def default_test_days(series: Series) -> int:
+    """The default test period: the last 20% of the whole days in the data."""
+    return max(1, round(whole_days(series) * 0.2))
 
 
 def whole_days(series: Series) -> int:
@@ -86,9 +84,8 @@ def run_backtest(
     progress: Progress | None = None,
 ) -> BacktestResult:
     say = progress or (lambda _m: None)
-    n_days = whole_days(series)
     if test_days is None:
-        test_days = max(1, round(n_days * 0.2))
+        test_days = default_test_days(series)
     rows = day_ahead_training_rows(series, calendar)
     all_days = np.unique(rows.day_id)
     if test_days >= len(all_days) - 14:
@@ -113,8 +110,8 @@ def run_backtest(
         say(f"block {bi + 1}/{len(blocks)}: training on {len(np.unique(train.day_id))} days")
         t0 = time.perf_counter()
         moe, base = fit_models(train, params, progress=say)
-        moe_sess = _session(moe_mod.export_onnx(moe))
-        base_sess = _session(baseline_mod.export_onnx(base))
+        moe_sess = make_session(moe_mod.export_onnx(moe), threads=2)
+        base_sess = make_session(baseline_mod.export_onnx(base), threads=2)
         timings["train"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         q = moe_sess.run(["quantiles"], {"features": test.X, "scale": test.scale.astype("float32")[:, None]})[0]
