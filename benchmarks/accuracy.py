@@ -24,6 +24,7 @@ from smartgrid.data import load_series
 from smartgrid.features import HolidayCalendar
 from smartgrid.training.backtest import run_backtest
 from smartgrid.training.baseline import relative_offsets
+from smartgrid.training.buckets import hour_bucket
 from smartgrid.training.pipeline import TrainingRows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -62,7 +63,7 @@ def lightgbm_reference(num_leaves: int):
         )
         model = lgb.train(params, lgb.Dataset(train.X, r), num_boost_round=best)
         p50 = model.predict(test.X) * test.scale
-        h = np.clip(np.floor(test.hour).astype(int), 0, 23)
+        h = hour_bucket(test.hour)
         fit_predict.trees = best  # type: ignore[attr-defined]
         return np.stack([p50 * (1 + lo[h]), p50, p50 * (1 + hi[h])], axis=1)
 

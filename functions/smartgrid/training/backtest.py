@@ -25,6 +25,7 @@ from ..metrics import all_metrics
 from ..registry import make_session
 from . import baseline as baseline_mod
 from . import moe as moe_mod
+from .buckets import hour_bucket
 from .pipeline import Progress, TrainingRows, day_ahead_training_rows, fit_models
 
 # A reference method: (train rows, test rows) -> [m, 3] P10/P50/P90 for the test rows.
@@ -58,7 +59,7 @@ class BacktestResult:
 
 
 def _naive_q(pred: np.ndarray, hour: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    h = np.clip(np.floor(hour).astype(int), 0, 23)
+    h = hour_bucket(hour)
     return np.stack([pred * (1 + lo[h]), pred, pred * (1 + hi[h])], axis=1)
 
 

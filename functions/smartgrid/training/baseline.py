@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..features import BASELINE_LAG_DAYS
+from .buckets import HOUR_BUCKETS, hour_bucket, onnx_bucket_lookup
 
-HOUR_BUCKETS = 24
 MIN_WEIGHT = 1e-3  # every lag keeps a little weight so any available lag yields a forecast
 
 
@@ -33,7 +33,7 @@ class BaselineModel:
         den = known.astype("float64") @ self.weights
         with np.errstate(invalid="ignore", divide="ignore"):
             p50 = num / den
-        h = np.clip(np.floor(hour).astype(int), 0, HOUR_BUCKETS - 1)
+        h = hour_bucket(hour)
         return np.stack([p50 * (1 + self.q_lo[h]), p50, p50 * (1 + self.q_hi[h])], axis=1)
 
 
@@ -83,7 +83,7 @@ def relative_offsets(pred: np.ndarray, y: np.ndarray, hour: np.ndarray) -> tuple
     empirical P10/P90 factors around a point forecast."""
     ok = np.isfinite(pred) & np.isfinite(y) & (pred > 0)
     rel = y[ok] / pred[ok] - 1.0
-    h = np.clip(np.floor(hour[ok]).astype(int), 0, HOUR_BUCKETS - 1)
+    h = hour_bucket(hour[ok])
     glo, ghi = np.quantile(rel, [0.1, 0.9]) if rel.size else (-0.1, 0.1)
     q_lo = np.full(HOUR_BUCKETS, glo)
     q_hi = np.full(HOUR_BUCKETS, ghi)
@@ -106,12 +106,8 @@ def export_onnx(model: BaselineModel) -> bytes:
         numpy_helper.from_array(model.weights.reshape(L, 1).astype("float32"), "w"),
         numpy_helper.from_array(np.array(0.0, dtype="float32"), "zero"),
         numpy_helper.from_array(np.array(1.0, dtype="float32"), "one"),
-        numpy_helper.from_array((1.0 + model.q_lo).reshape(-1, 1).astype("float32"), "lo_factor"),
-        numpy_helper.from_array((1.0 + model.q_hi).reshape(-1, 1).astype("float32"), "hi_factor"),
-        numpy_helper.from_array(np.array(0.0, dtype="float32"), "min_bucket"),
-        numpy_helper.from_array(np.array(HOUR_BUCKETS - 1.0, dtype="float32"), "max_bucket"),
-        numpy_helper.from_array(np.array([-1], dtype="int64"), "flat"),
     ]
+    lookup, lookup_inits = onnx_bucket_lookup("hour", {"lof": 1.0 + model.q_lo, "hif": 1.0 + model.q_hi}, "hb_")
     N = helper.make_node
     nodes = [
         N("IsNaN", ["lags"], ["nan"]),
@@ -120,12 +116,7 @@ def export_onnx(model: BaselineModel) -> bytes:
         N("MatMul", ["lz", "w"], ["num"]),
         N("MatMul", ["known", "w"], ["den"]),
         N("Div", ["num", "den"], ["p50"]),
-        N("Floor", ["hour"], ["hf"]),
-        N("Clip", ["hf", "min_bucket", "max_bucket"], ["hc"]),
-        N("Cast", ["hc"], ["hi"], to=TensorProto.INT64),
-        N("Reshape", ["hi", "flat"], ["hv"]),
-        N("Gather", ["lo_factor", "hv"], ["lof"], axis=0),
-        N("Gather", ["hi_factor", "hv"], ["hif"], axis=0),
+        *lookup,
         N("Mul", ["p50", "lof"], ["p10"]),
         N("Mul", ["p50", "hif"], ["p90"]),
         N("Concat", ["p10", "p50", "p90"], ["quantiles"], axis=1),
@@ -138,5 +129,5 @@ def export_onnx(model: BaselineModel) -> bytes:
             helper.make_tensor_value_info("hour", TensorProto.FLOAT, [None, 1]),
         ],
         [helper.make_tensor_value_info("quantiles", TensorProto.FLOAT, [None, 3])],
-        inits,
+        inits + lookup_inits,
     )

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..features import FEATURE_INDEX, FEATURE_NAMES, GATE_FEATURES
+from .buckets import HOUR_BUCKETS, hour_bucket, onnx_bucket_lookup
 
 F = FEATURE_INDEX
-HOUR_BUCKETS = 24
 
 
 def _month(X: np.ndarray) -> np.ndarray:
@@ -117,7 +117,7 @@ class MoEModel:
     def predict_ratio(self, X: np.ndarray) -> np.ndarray:
         """[m, 3] P10/P50/P90 in ratio units."""
         r50 = (self.gate_weights(X) * self.expert_preds(X)).sum(axis=1)
-        h = np.clip(np.floor(X[:, F["hour"]]).astype(int), 0, HOUR_BUCKETS - 1)
+        h = hour_bucket(X[:, F["hour"]])
         return np.stack([r50 + self.q_lo[h], r50, r50 + self.q_hi[h]], axis=1)
 
     def predict(self, X: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -242,7 +242,7 @@ def train_moe(
     say("conformal intervals")
     r50 = model.predict_ratio(X[conf_rows])[:, 1]
     resid = y_ratio[conf_rows] - r50
-    hours = np.clip(np.floor(X[conf_rows, F["hour"]]).astype(int), 0, HOUR_BUCKETS - 1)
+    hours = hour_bucket(X[conf_rows, F["hour"]])
     q_lo = np.zeros(HOUR_BUCKETS)
     q_hi = np.zeros(HOUR_BUCKETS)
     glo, ghi = np.quantile(resid, [0.1, 0.9])
@@ -301,13 +301,8 @@ def export_onnx(model: MoEModel) -> bytes:
     const("gate_W", model.gate_W)
     const("gate_b", model.gate_b)
     const("zero", np.array(0.0))
-    const("q_lo", model.q_lo.reshape(-1, 1))
-    const("q_hi", model.q_hi.reshape(-1, 1))
     const("hour_col", np.array([F["hour"]]), "int64")
-    const("max_bucket", np.array(HOUR_BUCKETS - 1.0))
-    const("min_bucket", np.array(0.0))
     const("sum_axes", np.array([1]), "int64")
-    const("flat", np.array([-1]), "int64")
     const("one", np.array(1.0))
     # anchor columns: features at these indices; the level experts use a constant-1 column
     anchor_names = [EXPERTS[n].anchor for n in model.expert_names]
@@ -315,6 +310,8 @@ def export_onnx(model: MoEModel) -> bytes:
     anchor_mask = [0.0 if a else 1.0 for a in anchor_names]
     const("anchor_idx", np.array(anchor_idx), "int64")
     const("anchor_is_level", np.array(anchor_mask) > 0.5, "bool")
+    lookup, lookup_inits = onnx_bucket_lookup("hour", {"lo_off": model.q_lo, "hi_off": model.q_hi}, "hb_")
+    inits += lookup_inits
     N = helper.make_node
     nodes = [
         trees,
@@ -336,12 +333,7 @@ def export_onnx(model: MoEModel) -> bytes:
         N("Mul", ["expert_ratio", "gate_weights"], ["weighted"]),
         N("ReduceSum", ["weighted", "sum_axes"], ["r50"], keepdims=1),
         N("Gather", ["features", "hour_col"], ["hour"], axis=1),
-        N("Floor", ["hour"], ["hour_f"]),
-        N("Clip", ["hour_f", "min_bucket", "max_bucket"], ["hour_c"]),
-        N("Cast", ["hour_c"], ["hour_i"], to=TensorProto.INT64),
-        N("Reshape", ["hour_i", "flat"], ["hour_v"]),
-        N("Gather", ["q_lo", "hour_v"], ["lo_off"], axis=0),
-        N("Gather", ["q_hi", "hour_v"], ["hi_off"], axis=0),
+        *lookup,
         N("Add", ["r50", "lo_off"], ["r10"]),
         N("Add", ["r50", "hi_off"], ["r90"]),
         N("Concat", ["r10", "r50", "r90"], ["ratios"], axis=1),
