@@ -310,3 +310,21 @@ def models_list(models: ModelsOpt = None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="API port")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="SMARTGRID_LOCAL_API_KEY", help="Local API key (default: random)")
+    ] = None,
+    emulator_port: Annotated[
+        int | None, typer.Option("--emulator-port", min=1, max=65535, help="Port of the embedded AWS emulator")
+    ] = None,
+) -> None:
+    """Run the API on this machine, on an embedded AWS emulator (moto), with the bundled models."""
+    from .local import serve as run
+
+    with _errors():
+        run(host, port, api_key, emulator_port)

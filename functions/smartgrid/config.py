@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -32,6 +33,33 @@ class Settings(BaseSettings):
     # Readings that repeat the same value this long are a flatline (bad meter data).
     flatline_hours: float = Field(default=6.0, gt=0)
     anomaly_threshold: float = Field(default=0.5, gt=0, lt=1)
+
+    # --- AWS: every client honours AWS_ENDPOINT_URL (moto in-process, a moto server, or AWS)
+    aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
+    aws_region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+    predictions_table: str = "smartgrid-predictions"
+    actuals_table: str = "smartgrid-actuals"
+    cache_table: str = "smartgrid-cache"
+    idempotency_table: str = "smartgrid-idempotency"
+    # DynamoDB calls from the API: short timeouts so a slow dependency degrades, not hangs.
+    dynamodb_connect_timeout_s: float = Field(default=1.0, gt=0, le=10)
+    dynamodb_read_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    dynamodb_max_retries: int = Field(default=2, ge=0, le=10)
+
+    # --- API (the operations manual's limits)
+    # "keys": x-api-key is checked against api_keys (user id -> sha256 of the key), for the
+    # local run and tests. "api_gateway": API Gateway has already checked the key against its
+    # usage plan; the user id is the key's id from the request context.
+    auth_mode: Literal["keys", "api_gateway"] = "keys"
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    max_batch_size: int = Field(default=1000, ge=1, le=10_000)  # manual: MAX_BATCH_SIZE = 1000
+    # Lambda's synchronous payload limit is 6 MB; refuse bigger bodies before parsing.
+    max_body_bytes: int = Field(default=6_000_000, ge=1024)
+    cache_ttl_s: int = Field(default=300, ge=0)  # manual: @cache(expire=300)
+    prediction_retention_days: int = Field(default=400, ge=1)
+    idempotency_ttl_s: int = Field(default=86_400, ge=60)
+    idempotency_in_progress_s: int = Field(default=60, ge=1)
+    health_timeout_s: float = Field(default=0.8, gt=0, lt=1)  # /health answers within a second
 
 
 @lru_cache(maxsize=1)

@@ -50,3 +50,20 @@ class ModelNotFoundError(SmartgridError):
 
 class ForecastUnavailableError(SmartgridError):
     """Neither the primary model nor the fallback could produce a forecast."""
+
+
+class NotFoundError(SmartgridError):
+    """The thing asked for does not exist (for this user)."""
+
+
+class ConflictError(SmartgridError):
+    """The request conflicts with the state of the resource (e.g. an idempotency key that is
+    still being processed, or reused with a different body)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class DependencyUnavailableError(SmartgridError):
+    """A critical dependency (the predictions table) failed; nothing was written."""

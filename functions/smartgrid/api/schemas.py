@@ -1,0 +1,206 @@
+"""Request and response bodies. Requests are strict: unknown fields, wrong types and
+non-finite numbers are refused with the field named; responses are documented here and
+rendered directly (no second validation pass on the way out)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Timestamp = Annotated[
+    str,
+    StringConstraints(min_length=10, max_length=40),
+    Field(description="ISO 8601; naive means UTC, offsets are converted", examples=["2026-11-27T23:00:00Z"]),
+]
+Load = Annotated[float, Field(ge=0, description="MW")]
+Temperature = Annotated[float, Field(ge=-90, le=70, description="deg C")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+def _same_length(model: BaseModel, *names: str) -> None:
+    values = {n: getattr(model, n) for n in names if getattr(model, n) is not None}
+    lengths = {n: len(v) for n, v in values.items()}
+    if len(set(lengths.values())) > 1:
+        text = ", ".join(f"{n} has {k}" for n, k in lengths.items())
+        raise ValueError(f"{' and '.join(lengths)} must have the same length ({text})")
+
+
+class History(Strict):
+    timestamps: list[Timestamp] = Field(min_length=2, max_length=20_000)
+    load: list[Load] = Field(min_length=2, max_length=20_000)
+    temperature: list[Temperature | None] | None = Field(
+        default=None, max_length=20_000, description="optional; null where unknown"
+    )
+
+    @model_validator(mode="after")
+    def _lengths(self) -> History:
+        _same_length(self, "timestamps", "load", "temperature")
+        return self
+
+
+class TemperatureForecast(Strict):
+    timestamps: list[Timestamp] = Field(min_length=1, max_length=288)
+    temperature: list[Temperature] = Field(min_length=1, max_length=288)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> TemperatureForecast:
+        _same_length(self, "timestamps", "temperature")
+        return self
+
+
+class PredictRequest(Strict):
+    """One site's recent history. The forecast covers the day after the last reading. The
+    primary model needs 14 whole days ending at midnight UTC without gaps in the last 28; with
+    less the fallback answers (and says why)."""
+
+    site_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    history: History
+    temperature_forecast: TemperatureForecast | None = None
+
+
+class BatchRequest(Strict):
+    requests: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="PredictRequest bodies; each is validated on its own, so one bad item does not sink the others",
+        json_schema_extra={"items": {"$ref": "#/components/schemas/PredictRequest"}},
+    )
+
+
+class DetectRequest(Strict):
+    timestamps: list[Timestamp] = Field(min_length=2, max_length=20_000)
+    load: list[Load] = Field(min_length=2, max_length=20_000)
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DetectRequest:
+        _same_length(self, "timestamps", "load")
+        return self
+
+
+class ActualsRequest(Strict):
+    prediction_id: Annotated[str, StringConstraints(min_length=26, max_length=26, pattern=r"^[0-9A-HJKMNP-TV-Z]{26}$")]
+    timestamps: list[Timestamp] = Field(min_length=1, max_length=288)
+    load: list[Load] = Field(min_length=1, max_length=288)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> ActualsRequest:
+        _same_length(self, "timestamps", "load")
+        return self
+
+
+# ---------------------------------------------------------------- responses (documentation)
+class ForecastStep(BaseModel):
+    timestamp: str
+    p10: float
+    p50: float
+    p90: float
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    created_at: str
+    site_id: str | None
+    model: str
+    model_kind: Literal["primary", "fallback"]
+    model_version: str
+    fallback_reason: str | None
+    resolution_minutes: int
+    cached: bool
+    forecast: list[ForecastStep]
+
+
+class FieldError(BaseModel):
+    field: str | None
+    code: str
+    message: str
+    rows: list[int] = []
+
+
+class ProblemDetails(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] = []
+    correlation_id: str | None = None
+
+
+class BatchItem(BaseModel):
+    index: int
+    status: Literal["ok", "error"]
+    prediction: Prediction | None = None
+    error: ProblemDetails | None = None
+
+
+class BatchResponse(BaseModel):
+    succeeded: int
+    failed: int
+    results: list[BatchItem]
+
+
+class PredictionPage(BaseModel):
+    items: list[Prediction]
+    next_cursor: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "critical"]
+    uptime: int
+    models_loaded: int
+    database: Literal["connected", "disconnected"]
+    cache: Literal["connected", "disconnected"]
+    timestamp: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    loaded: bool
+    version: str | None = None
+    created_at: str | None = None
+    training_window: dict[str, Any] | None = None
+    resolution_minutes: int | None = None
+    metrics: dict[str, Any] | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class AnomalyReading(BaseModel):
+    timestamp: str
+    load: float | None
+    score: float
+    label: str
+    anomaly: bool
+
+
+class DetectResponse(BaseModel):
+    model_version: str
+    threshold: float
+    flagged: int
+    readings: list[AnomalyReading]
+
+
+class ActualPoint(BaseModel):
+    timestamp: str
+    actual: float
+    p10: float
+    p50: float
+    p90: float
+    abs_error: float
+    within_interval: bool
+
+
+class ActualsResponse(BaseModel):
+    prediction_id: str
+    model: str
+    model_version: str
+    count: int
+    mae: float
+    points: list[ActualPoint]

@@ -1,0 +1,563 @@
+"""The prediction service: the domain logic behind the API and the CLI's ``serve``.
+
+It validates inputs with the engine (``data.validate``), forecasts with ``Forecaster``,
+detects anomalies, and keeps predictions, actuals, the five-minute cache and idempotency
+records through a ``Store`` (implemented over DynamoDB in ``smartgrid.store``). It knows
+nothing of HTTP: it raises the typed errors of ``errors.py`` and the API maps them.
+
+Degraded modes (operations manual): a cache failure is logged and counted and the request
+is served without the cache; a predictions-table failure is critical: the request fails
+with ``DependencyUnavailableError`` and nothing it wrote is left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Any, Protocol
+
+import numpy as np
+
+from .anomaly import detect as run_detect
+from .config import Settings
+from .data import Readings, iso, readings_from_records, validate
+from .errors import (
+    ConflictError,
+    DataValidationError,
+    DependencyUnavailableError,
+    ForecastUnavailableError,
+    NotFoundError,
+    Problem,
+)
+from .features import HolidayCalendar
+from .forecast import Forecaster, ModelSet
+from .observability import (
+    CACHE_ERRORS_TOTAL,
+    FALLBACK_FORECASTS_TOTAL,
+    MODEL_ANOMALIES_DETECTED,
+    MODEL_INFERENCE_DURATION_SECONDS,
+    MODEL_PREDICTION_ERROR_ABSOLUTE,
+    logger,
+    metrics,
+)
+from .registry import ANOMALY_DETECTOR, BASELINE_FORECAST, LOAD_FORECAST, MODEL_NAMES
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class SeriesInput:
+    """One site's recent history, as the API or a caller gives it."""
+
+    timestamps: Sequence[str]
+    load: Sequence[float]
+    temperature: Sequence[float | None] | None = None
+    forecast_timestamps: Sequence[str] | None = None  # temperature forecast for the next day
+    forecast_temperature: Sequence[float] | None = None
+    site_id: str | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "timestamps": list(self.timestamps),
+            "load": list(self.load),
+            "temperature": None if self.temperature is None else list(self.temperature),
+            "forecast_timestamps": None if self.forecast_timestamps is None else list(self.forecast_timestamps),
+            "forecast_temperature": None if self.forecast_temperature is None else list(self.forecast_temperature),
+        }
+
+
+@dataclass
+class PredictionRecord:
+    user_id: str
+    prediction_id: str
+    created_at: datetime
+    inputs_digest: str
+    model: str
+    model_version: str
+    fallback_reason: str | None
+    resolution_minutes: int
+    source: str  # "computed" | "cache"
+    timestamps: list[str]
+    p10: list[float]
+    p50: list[float]
+    p90: list[float]
+    site_id: str | None = None
+    idempotency_key: str | None = None
+    expires_at: datetime | None = None
+
+    def forecast_dict(self) -> dict[str, Any]:
+        return {"timestamps": self.timestamps, "p10": self.p10, "p50": self.p50, "p90": self.p90}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An idempotency record: the prediction ids reserved for the request, and whether it
+    already completed (then the stored predictions are replayed)."""
+
+    prediction_ids: list[str]
+    completed: bool
+    errors: dict[str, Any] | None = None
+
+
+@dataclass
+class ItemOutcome:
+    index: int
+    record: PredictionRecord | None = None
+    error: DataValidationError | None = None
+
+
+@dataclass
+class Page:
+    items: list[PredictionRecord]
+    cursor: str | None
+
+
+@dataclass
+class ActualsResult:
+    prediction: PredictionRecord
+    points: list[dict[str, Any]]
+    mae: float
+
+
+@dataclass
+class HealthReport:
+    status: str
+    uptime: int
+    models_loaded: int
+    database: str
+    cache: str
+    timestamp: str
+    models: dict[str, bool] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """What the service needs from persistence (``smartgrid.store.dynamo.DynamoStore``)."""
+
+    def save_predictions(self, records: list[PredictionRecord]) -> None: ...
+    def delete_predictions(self, records: list[PredictionRecord]) -> None: ...
+    def get_predictions(self, user_id: str, prediction_ids: list[str]) -> dict[str, PredictionRecord]: ...
+    def list_predictions(self, user_id: str, since: datetime | None, limit: int, cursor: str | None) -> Page: ...
+    def merge_actuals(self, user_id: str, prediction_id: str, values: dict[str, float], now: datetime) -> dict: ...
+    def cache_get(self, key: str, now: datetime) -> dict[str, Any] | None: ...
+    def cache_put(self, key: str, value: dict[str, Any], now: datetime) -> None: ...
+    def claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim: ...
+    def complete(self, user_id: str, key: str, errors: dict[str, Any] | None) -> None: ...
+    def release(self, user_id: str, key: str) -> None: ...
+    def prepare(self) -> None: ...
+    def ping_database(self) -> None: ...
+    def ping_cache(self) -> None: ...
+
+
+def new_prediction_id(now: datetime) -> str:
+    from ulid import ULID
+
+    return str(ULID.from_datetime(now))
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+
+
+def _round(values: np.ndarray) -> list[float]:
+    return [round(float(v), 3) for v in values]
+
+
+# ---------------------------------------------------------------------------- service
+class PredictionService:
+    def __init__(
+        self,
+        settings: Settings,
+        models: ModelSet,
+        store_factory: Callable[[], Store],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self._store_factory = store_factory
+        self.clock = clock
+        self.started = time.monotonic()
+        self.calendar = HolidayCalendar(settings.holiday_country, settings.holiday_subdivision)
+        self.forecaster = Forecaster(models, self.calendar, settings.flatline_hours)
+        versions = {n: (m.meta.version if (m := models.get(n)) else None) for n in MODEL_NAMES}
+        # Part of every cache key: a new model set (or calendar) never serves old forecasts.
+        self._model_key = digest([versions, settings.holiday_country, settings.holiday_subdivision])
+        self._pool: ThreadPoolExecutor | None = None
+
+    @cached_property
+    def store(self) -> Store:
+        # Created on first use: a cold start that never touches DynamoDB never imports it.
+        return self._store_factory()
+
+    # -- predictions
+    def predict(
+        self,
+        user_id: str,
+        inputs: list[SeriesInput],
+        idempotency_key: str | None = None,
+        request_digest: str | None = None,
+    ) -> list[ItemOutcome]:
+        """Forecast every input; per-item validation errors are returned, not raised.
+        All predictions of the request are written, or none (``DependencyUnavailableError``)."""
+        now = self.clock()
+        claim: Claim | None = None
+        if idempotency_key is not None:
+            claim = self._claim(user_id, idempotency_key, request_digest or "", len(inputs), now)
+            if claim.completed:
+                return self._replay(user_id, claim)
+        outcomes: list[ItemOutcome] = []
+        records: list[PredictionRecord] = []
+        try:
+            for i, item in enumerate(inputs):
+                pid = claim.prediction_ids[i] if claim else new_prediction_id(now)
+                try:
+                    rec = self._forecast_one(user_id, pid, item, now, idempotency_key)
+                except DataValidationError as exc:
+                    outcomes.append(ItemOutcome(i, error=exc))
+                    continue
+                records.append(rec)
+                outcomes.append(ItemOutcome(i, record=rec))
+            if records:
+                try:
+                    self.store.save_predictions(records)
+                except Exception as exc:
+                    logger.exception("saving predictions failed")
+                    self._undo(records)
+                    raise DependencyUnavailableError("the predictions table is unavailable; nothing was saved") from exc
+        except BaseException:
+            if claim is not None:
+                self._release(user_id, idempotency_key or "")
+            raise
+        if claim is not None:
+            errors = {str(o.index): _problems_json(o.error) for o in outcomes if o.error is not None}
+            try:
+                self.store.complete(user_id, idempotency_key or "", errors or None)
+            except Exception:
+                # The predictions are saved under the reserved ids: a retry after the
+                # in-progress window recomputes and overwrites the same items (no duplicates).
+                logger.exception("completing the idempotency record failed")
+        return outcomes
+
+    def _forecast_one(
+        self, user_id: str, pid: str, item: SeriesInput, now: datetime, idempotency_key: str | None
+    ) -> PredictionRecord:
+        key = digest([self._model_key, item.canonical()])
+        cached = self._cache_get(key, now)
+        if cached is not None:
+            fc = cached
+            source = "cache"
+        else:
+            fc = self._compute(item)
+            source = "computed"
+            self._cache_put(key, fc, now)
+        if fc["model"] != LOAD_FORECAST:
+            metrics.add_metric(name=FALLBACK_FORECASTS_TOTAL, unit="Count", value=1)
+        return PredictionRecord(
+            user_id=user_id,
+            prediction_id=pid,
+            created_at=now,
+            inputs_digest=key,
+            model=fc["model"],
+            model_version=fc["model_version"],
+            fallback_reason=fc["fallback_reason"],
+            resolution_minutes=fc["resolution_minutes"],
+            source=source,
+            timestamps=fc["timestamps"],
+            p10=fc["p10"],
+            p50=fc["p50"],
+            p90=fc["p90"],
+            site_id=item.site_id,
+            idempotency_key=idempotency_key,
+            expires_at=now + timedelta(days=self.settings.prediction_retention_days),
+        )
+
+    def _compute(self, item: SeriesInput) -> dict[str, Any]:
+        readings = readings_from_records(item.timestamps, item.load, item.temperature, source="history")
+        future = None
+        if item.forecast_timestamps is not None and item.forecast_temperature is not None:
+            future = readings_from_records(
+                item.forecast_timestamps,
+                [0.0] * len(item.forecast_timestamps),
+                item.forecast_temperature,
+                source="temperature_forecast",
+            )
+        t0 = time.perf_counter()
+        try:
+            fc = self.forecaster.forecast_readings(readings, future)
+        except ForecastUnavailableError as exc:
+            raise DependencyUnavailableError(str(exc)) from exc
+        metrics.add_metric(
+            name=MODEL_INFERENCE_DURATION_SECONDS, unit="Seconds", value=round(time.perf_counter() - t0, 6)
+        )
+        return {
+            "model": fc.model,
+            "model_version": fc.model_version,
+            "fallback_reason": fc.fallback_reason,
+            "resolution_minutes": fc.resolution_minutes,
+            "timestamps": [iso(t) for t in fc.timestamps],
+            "p10": _round(fc.p10),
+            "p50": _round(fc.p50),
+            "p90": _round(fc.p90),
+        }
+
+    def _cache_get(self, key: str, now: datetime) -> dict[str, Any] | None:
+        if self.settings.cache_ttl_s <= 0:
+            return None
+        try:
+            return self.store.cache_get(key, now)
+        except Exception as exc:
+            self._cache_failed("read", exc)
+            return None
+
+    def _cache_put(self, key: str, value: dict[str, Any], now: datetime) -> None:
+        if self.settings.cache_ttl_s <= 0:
+            return
+        try:
+            self.store.cache_put(key, value, now)
+        except Exception as exc:
+            self._cache_failed("write", exc)
+
+    @staticmethod
+    def _cache_failed(op: str, exc: Exception) -> None:
+        # The cache is not critical (manual: degraded): serve without it, but say so.
+        logger.warning("cache %s failed; serving without the cache", op, extra={"error": repr(exc)})
+        metrics.add_metric(name=CACHE_ERRORS_TOTAL, unit="Count", value=1)
+
+    def _claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim:
+        try:
+            claim = self.store.claim(user_id, key, request_digest, n, now)
+        except (ConflictError, DataValidationError):
+            raise
+        except Exception as exc:
+            logger.exception("idempotency claim failed")
+            raise DependencyUnavailableError("the idempotency table is unavailable; nothing was saved") from exc
+        if len(claim.prediction_ids) != n:
+            raise ConflictError(
+                "this Idempotency-Key was used for a request with a different number of items",
+                "idempotency_key_reused",
+            )
+        return claim
+
+    def _release(self, user_id: str, key: str) -> None:
+        try:
+            self.store.release(user_id, key)
+        except Exception:
+            logger.exception("releasing the idempotency record failed; it expires on its own")
+
+    def _undo(self, records: list[PredictionRecord]) -> None:
+        try:
+            self.store.delete_predictions(records)
+        except Exception:
+            logger.exception("removing partly saved predictions failed")
+
+    def _replay(self, user_id: str, claim: Claim) -> list[ItemOutcome]:
+        try:
+            found = self.store.get_predictions(user_id, claim.prediction_ids)
+        except Exception as exc:
+            raise DependencyUnavailableError("the predictions table is unavailable") from exc
+        errors = claim.errors or {}
+        outcomes = []
+        for i, pid in enumerate(claim.prediction_ids):
+            if str(i) in errors:
+                outcomes.append(ItemOutcome(i, error=_problems_from_json(errors[str(i)])))
+            elif pid in found:
+                outcomes.append(ItemOutcome(i, record=found[pid]))
+            else:
+                raise DependencyUnavailableError(f"stored prediction {pid} of this idempotent request is missing")
+        return outcomes
+
+    def list_predictions(self, user_id: str, since: datetime | None, limit: int, cursor: str | None) -> Page:
+        try:
+            return self.store.list_predictions(user_id, since, limit, cursor)
+        except (DataValidationError, NotFoundError):
+            raise
+        except Exception as exc:
+            logger.exception("listing predictions failed")
+            raise DependencyUnavailableError("the predictions table is unavailable") from exc
+
+    # -- actuals
+    def record_actuals(
+        self, user_id: str, prediction_id: str, timestamps: Sequence[str], load: Sequence[float]
+    ) -> ActualsResult:
+        readings = readings_from_records(timestamps, load, None, source="actuals")
+        problems: list[Problem] = []
+        try:
+            found = self.store.get_predictions(user_id, [prediction_id])
+        except Exception as exc:
+            raise DependencyUnavailableError("the predictions table is unavailable") from exc
+        pred = found.get(prediction_id)
+        if pred is None:
+            raise NotFoundError(f"no prediction {prediction_id!r} for this API key")
+        index = {t: i for i, t in enumerate(pred.timestamps)}
+        values: dict[str, float] = {}
+        for i, (t, v) in enumerate(zip(readings.timestamps, readings.load, strict=True)):
+            ts = iso(t)
+            if ts not in index:
+                problems.append(
+                    Problem(
+                        "not_forecast",
+                        f"timestamps[{i}] {ts} is not a step of prediction {prediction_id} "
+                        f"({pred.timestamps[0]} to {pred.timestamps[-1]})",
+                        (i + 1,),
+                        f"timestamps[{i}]",
+                    )
+                )
+            elif ts in values:
+                problems.append(
+                    Problem("duplicate_timestamp", f"timestamps[{i}] {ts} is repeated", (i + 1,), f"timestamps[{i}]")
+                )
+            elif v < 0:
+                problems.append(Problem("negative_load", f"load[{i}] is negative", (i + 1,), f"load[{i}]"))
+            else:
+                values[ts] = float(v)
+        if problems:
+            raise DataValidationError(problems, "actuals")
+        try:
+            merged = self.store.merge_actuals(user_id, prediction_id, values, self.clock())
+        except Exception as exc:
+            logger.exception("saving actuals failed")
+            raise DependencyUnavailableError("the actuals table is unavailable; nothing was saved") from exc
+        points = []
+        for ts in sorted(merged, key=index.__getitem__):
+            j = index[ts]
+            actual = float(merged[ts])
+            err = abs(actual - pred.p50[j])
+            points.append(
+                {
+                    "timestamp": ts,
+                    "actual": actual,
+                    "p10": pred.p10[j],
+                    "p50": pred.p50[j],
+                    "p90": pred.p90[j],
+                    "abs_error": round(err, 3),
+                    "within_interval": pred.p10[j] <= actual <= pred.p90[j],
+                }
+            )
+        for ts in values:
+            j = index[ts]
+            metrics.add_metric(
+                name=MODEL_PREDICTION_ERROR_ABSOLUTE, unit="None", value=round(abs(values[ts] - pred.p50[j]), 3)
+            )
+        mae = float(np.mean([p["abs_error"] for p in points])) if points else 0.0
+        return ActualsResult(pred, points, round(mae, 3))
+
+    # -- anomalies
+    def detect(self, timestamps: Sequence[str], load: Sequence[float], threshold: float | None) -> dict[str, Any]:
+        model = self.models.get(ANOMALY_DETECTOR)
+        if model is None:
+            raise ForecastUnavailableError(
+                f"the anomaly model is not loaded: {self.models.errors.get(ANOMALY_DETECTOR)}"
+            )
+        readings: Readings = readings_from_records(timestamps, load, None, source="readings")
+        series = validate(readings, min_days=1.0, flatline_hours=None, allow_gaps=True)
+        t0 = time.perf_counter()
+        result = run_detect(series, model, threshold=threshold or self.settings.anomaly_threshold)
+        metrics.add_metric(
+            name=MODEL_INFERENCE_DURATION_SECONDS, unit="Seconds", value=round(time.perf_counter() - t0, 6)
+        )
+        n_flagged = int(result.flagged.sum())
+        metrics.add_metric(name=MODEL_ANOMALIES_DETECTED, unit="Count", value=n_flagged)
+        present = ~np.isnan(result.load)
+        return {
+            "model_version": model.meta.version,
+            "threshold": threshold or self.settings.anomaly_threshold,
+            "flagged": n_flagged,
+            "readings": [
+                {
+                    "timestamp": iso(t),
+                    "load": float(v) if p else None,
+                    "score": round(float(s), 4),
+                    "label": k,
+                    "anomaly": bool(f),
+                }
+                for t, v, p, s, k, f in zip(
+                    result.timestamps, result.load, present, result.score, result.kind, result.flagged, strict=True
+                )
+            ],
+        }
+
+    # -- health
+    def health(self) -> HealthReport:
+        """The manual's /health: cheap checks, bounded by ``health_timeout_s`` in total."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health")
+        deadline = time.monotonic() + self.settings.health_timeout_s
+
+        def check(fn: Callable[[], None]) -> Callable[[], bool]:
+            def run() -> bool:
+                fn()
+                return True
+
+            return run
+
+        try:
+            store = self.store
+            store.prepare()  # client set-up is once per container, not part of the check
+            futures = {
+                "database": self._pool.submit(check(store.ping_database)),
+                "cache": self._pool.submit(check(store.ping_cache)),
+            }
+        except Exception:
+            logger.exception("store unavailable")
+            futures = {}
+        state: dict[str, bool] = {}
+        for name in ("database", "cache"):
+            fut = futures.get(name)
+            try:
+                state[name] = bool(fut and fut.result(timeout=max(0.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                state[name] = False
+                logger.warning("health check of %s timed out", name)
+            except Exception as exc:
+                state[name] = False
+                logger.warning("health check of %s failed", name, extra={"error": repr(exc)})
+        loaded = {n: self.models.get(n) is not None for n in MODEL_NAMES}
+        can_forecast = loaded[LOAD_FORECAST] or loaded[BASELINE_FORECAST]
+        if not state["database"] or not can_forecast:
+            status = "critical"
+        elif not state["cache"] or not all(loaded.values()):
+            status = "degraded"
+        else:
+            status = "ok"
+        return HealthReport(
+            status=status,
+            uptime=int(time.monotonic() - self.started),
+            models_loaded=self.models.models_loaded,
+            database="connected" if state["database"] else "disconnected",
+            cache="connected" if state["cache"] else "disconnected",
+            timestamp=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            models=loaded,
+        )
+
+
+def _problems_json(exc: DataValidationError | None) -> list[dict[str, Any]]:
+    if exc is None:
+        return []
+    return [{"code": p.code, "message": p.message, "rows": list(p.rows), "field": p.field_name} for p in exc.problems]
+
+
+def _problems_from_json(items: list[dict[str, Any]]) -> DataValidationError:
+    return DataValidationError(
+        [Problem(d["code"], d["message"], tuple(d.get("rows") or ()), d.get("field")) for d in items], "history"
+    )
+
+
+def build_service(settings: Settings) -> PredictionService:
+    """Load the models once (per process / Lambda container) and wire the DynamoDB store."""
+    models = ModelSet.load(settings.model_dir, threads=settings.ort_threads)
+
+    def store_factory() -> Store:
+        from .store.dynamo import DynamoStore
+
+        return DynamoStore(settings)
+
+    return PredictionService(settings, models, store_factory)

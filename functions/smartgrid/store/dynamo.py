@@ -1,0 +1,241 @@
+"""``Store`` over DynamoDB with pynamodb (tables in ``tables.py``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+
+from ..config import Settings
+from ..errors import ConflictError, DataValidationError, Problem
+from ..observability import trace_aws_sdk
+from ..service import Claim, Page, PredictionRecord, new_prediction_id
+from .tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem, bind
+
+_HEALTH_KEY = "__health__"
+
+
+def _epoch(dt: datetime) -> int:
+    return int(dt.timestamp())
+
+
+def _ulid_floor(since: datetime) -> str:
+    """The smallest ULID of the millisecond ``since``: range-key bound for 'created since'."""
+    from ulid import ULID
+
+    return str(ULID.from_datetime(since))[:10] + "0" * 16
+
+
+def _to_record(item: PredictionItem) -> PredictionRecord:
+    fc = item.forecast
+    return PredictionRecord(
+        user_id=item.user_id,
+        prediction_id=item.prediction_id,
+        created_at=item.created_at,
+        inputs_digest=item.inputs_digest,
+        model=item.model,
+        model_version=item.model_version,
+        fallback_reason=item.fallback_reason,
+        resolution_minutes=int(item.resolution_minutes),
+        source=item.source,
+        timestamps=fc["timestamps"],
+        p10=fc["p10"],
+        p50=fc["p50"],
+        p90=fc["p90"],
+        site_id=item.site_id,
+        idempotency_key=item.idempotency_key,
+        expires_at=item.expires_at,
+    )
+
+
+def _to_item(rec: PredictionRecord) -> PredictionItem:
+    return PredictionItem(
+        rec.user_id,
+        rec.prediction_id,
+        created_at=rec.created_at,
+        inputs_digest=rec.inputs_digest,
+        model=rec.model,
+        model_version=rec.model_version,
+        fallback_reason=rec.fallback_reason,
+        resolution_minutes=rec.resolution_minutes,
+        source=rec.source,
+        site_id=rec.site_id,
+        idempotency_key=rec.idempotency_key,
+        forecast=rec.forecast_dict(),
+        expires_at=rec.expires_at,
+    )
+
+
+def _bad_cursor(detail: str) -> DataValidationError:
+    return DataValidationError([Problem("bad_cursor", f"cursor: {detail}", field_name="cursor")], "query")
+
+
+class DynamoStore:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        trace_aws_sdk()
+        bind(settings)
+
+    # -- predictions
+    def save_predictions(self, records: list[PredictionRecord]) -> None:
+        if len(records) == 1:
+            _to_item(records[0]).save()
+            return
+        with PredictionItem.batch_write() as batch:
+            for rec in records:
+                batch.save(_to_item(rec))
+
+    def delete_predictions(self, records: list[PredictionRecord]) -> None:
+        with PredictionItem.batch_write() as batch:
+            for rec in records:
+                batch.delete(PredictionItem(rec.user_id, rec.prediction_id))
+
+    def get_predictions(self, user_id: str, prediction_ids: list[str]) -> dict[str, PredictionRecord]:
+        if len(prediction_ids) == 1:
+            try:
+                item = PredictionItem.get(user_id, prediction_ids[0], consistent_read=True)
+            except DoesNotExist:
+                return {}
+            return {item.prediction_id: _to_record(item)}
+        keys = [(user_id, pid) for pid in dict.fromkeys(prediction_ids)]
+        return {it.prediction_id: _to_record(it) for it in PredictionItem.batch_get(keys, consistent_read=True)}
+
+    def list_predictions(self, user_id: str, since: datetime | None, limit: int, cursor: str | None) -> Page:
+        start_key = None
+        if cursor:
+            try:
+                pid = base64.urlsafe_b64decode(cursor.encode() + b"==").decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise _bad_cursor("not a cursor this API returned") from None
+            if len(pid) != 26:
+                raise _bad_cursor("not a cursor this API returned")
+            start_key = {"user_id": {"S": user_id}, "prediction_id": {"S": pid}}
+        cond = PredictionItem.prediction_id >= _ulid_floor(since) if since is not None else None
+        result = PredictionItem.query(
+            user_id,
+            range_key_condition=cond,
+            scan_index_forward=False,
+            limit=limit,
+            page_size=limit,
+            last_evaluated_key=start_key,
+        )
+        items = [_to_record(it) for it in result]
+        lek = result.last_evaluated_key
+        next_cursor = None
+        if lek and len(items) == limit:
+            next_cursor = base64.urlsafe_b64encode(lek["prediction_id"]["S"].encode()).decode().rstrip("=")
+        return Page(items, next_cursor)
+
+    # -- actuals (one item per prediction, merged under optimistic locking)
+    def merge_actuals(self, user_id: str, prediction_id: str, values: dict[str, float], now: datetime) -> dict:
+        for _attempt in range(5):
+            try:
+                item = ActualsItem.get(user_id, prediction_id, consistent_read=True)
+            except DoesNotExist:
+                item = ActualsItem(user_id, prediction_id, actuals={})
+            merged = {**(item.actuals or {}), **values}
+            item.actuals = merged
+            item.updated_at = now
+            item.expires_at = now + timedelta(days=self.settings.prediction_retention_days)
+            try:
+                item.save()
+            except PutError as exc:
+                if exc.cause_response_code == "ConditionalCheckFailedException":
+                    continue  # somebody else wrote first: read again and merge
+                raise
+            return merged
+        raise ConflictError("actuals for this prediction are being written concurrently; retry", "concurrent_update")
+
+    # -- cache
+    def cache_get(self, key: str, now: datetime) -> dict[str, Any] | None:
+        try:
+            item = CacheItem.get(key)
+        except DoesNotExist:
+            return None
+        if item.valid_until < now.timestamp():
+            return None
+        value: dict[str, Any] = item.value
+        return value
+
+    def cache_put(self, key: str, value: dict[str, Any], now: datetime) -> None:
+        valid_until = now.timestamp() + self.settings.cache_ttl_s
+        CacheItem(
+            key,
+            value=value,
+            valid_until=valid_until,
+            expires_at=datetime.fromtimestamp(valid_until, UTC) + timedelta(hours=1),
+        ).save()
+
+    # -- idempotency (the pattern of Powertools' idempotency utility, as conditional writes)
+    def claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim:
+        hk = f"{user_id}#{key}"
+        t = now.timestamp()
+        item = IdempotencyItem(
+            hk,
+            status="IN_PROGRESS",
+            request_digest=request_digest,
+            prediction_ids=[new_prediction_id(now) for _ in range(n)],
+            in_progress_until=t + self.settings.idempotency_in_progress_s,
+            expires_at=now + timedelta(seconds=self.settings.idempotency_ttl_s),
+        )
+        free: Condition = IdempotencyItem.key.does_not_exist()
+        try:
+            item.save(condition=free)
+            return Claim([str(x) for x in item.prediction_ids], completed=False)
+        except PutError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+        existing = IdempotencyItem.get(hk, consistent_read=True)
+        if existing.request_digest != request_digest:
+            raise ConflictError(
+                "this Idempotency-Key was already used for a different request body", "idempotency_key_reused"
+            )
+        if existing.status == "COMPLETED":
+            return Claim([str(x) for x in existing.prediction_ids], completed=True, errors=existing.errors)
+        if existing.in_progress_until > t:
+            raise ConflictError(
+                "a request with this Idempotency-Key is still being processed; retry later", "request_in_progress"
+            )
+        # An earlier attempt died mid-way: take it over, keeping its prediction ids so that
+        # anything it saved is overwritten, not duplicated.
+        try:
+            existing.update(
+                actions=[IdempotencyItem.in_progress_until.set(t + self.settings.idempotency_in_progress_s)],
+                condition=(IdempotencyItem.in_progress_until == existing.in_progress_until),
+            )
+        except UpdateError as exc:
+            if exc.cause_response_code == "ConditionalCheckFailedException":
+                raise ConflictError(
+                    "a request with this Idempotency-Key is still being processed; retry later", "request_in_progress"
+                ) from exc
+            raise
+        return Claim([str(x) for x in existing.prediction_ids], completed=False)
+
+    def complete(self, user_id: str, key: str, errors: dict[str, Any] | None) -> None:
+        actions: list[Action] = [IdempotencyItem.status.set("COMPLETED")]
+        if errors:
+            actions.append(IdempotencyItem.errors.set(errors))
+        IdempotencyItem(f"{user_id}#{key}").update(actions=actions)
+
+    def release(self, user_id: str, key: str) -> None:
+        IdempotencyItem(f"{user_id}#{key}").delete(condition=IdempotencyItem.status == "IN_PROGRESS")
+
+    # -- health: one key read per table, the cheapest call that proves reachability
+    def prepare(self) -> None:
+        """Create the botocore clients of the checked tables in this thread (once)."""
+        for model in (PredictionItem, CacheItem):
+            _ = model._get_connection().connection.client
+
+    def ping_database(self) -> None:
+        with contextlib.suppress(DoesNotExist):
+            PredictionItem.get(_HEALTH_KEY, _HEALTH_KEY)
+
+    def ping_cache(self) -> None:
+        with contextlib.suppress(DoesNotExist):
+            CacheItem.get(_HEALTH_KEY)

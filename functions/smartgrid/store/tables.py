@@ -1,0 +1,124 @@
+"""DynamoDB tables as pynamodb models: the one definition used by the code, the tests and
+the local run (``create_tables``).
+
+Access patterns, all by key (no scans):
+- predictions: ``user_id`` + ``prediction_id`` (a ULID, so time-ordered): a client's
+  predictions newest first since a time (Query, descending, range key >= the time's ULID
+  floor), and one prediction by id for /actuals (GetItem; the key also proves ownership).
+- actuals: one item per prediction (same key), merged under optimistic locking.
+- cache: forecast outputs by inputs digest, expiring after five minutes.
+- idempotency: one item per (user, Idempotency-Key).
+Every table has a TTL attribute ``expires_at``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynamodb.attributes import (
+    JSONAttribute,
+    ListAttribute,
+    NumberAttribute,
+    TTLAttribute,
+    UnicodeAttribute,
+    UTCDateTimeAttribute,
+    VersionAttribute,
+)
+from pynamodb.models import Model
+
+from ..config import Settings
+
+
+class _Base(Model):
+    class Meta:
+        abstract = True
+        table_name = ""
+        region = "us-east-1"
+        host: str | None = None
+
+
+class PredictionItem(_Base):
+    class Meta(_Base.Meta):
+        table_name = "smartgrid-predictions"
+
+    user_id = UnicodeAttribute(hash_key=True)
+    prediction_id = UnicodeAttribute(range_key=True)
+    created_at = UTCDateTimeAttribute()
+    inputs_digest = UnicodeAttribute()
+    model = UnicodeAttribute()
+    model_version = UnicodeAttribute()
+    fallback_reason = UnicodeAttribute(null=True)
+    resolution_minutes = NumberAttribute()
+    source = UnicodeAttribute()  # "computed" or "cache"
+    site_id = UnicodeAttribute(null=True)
+    idempotency_key = UnicodeAttribute(null=True)
+    forecast = JSONAttribute()  # {"timestamps": [...], "p10": [...], "p50": [...], "p90": [...]}
+    expires_at = TTLAttribute()
+
+
+class ActualsItem(_Base):
+    class Meta(_Base.Meta):
+        table_name = "smartgrid-actuals"
+
+    user_id = UnicodeAttribute(hash_key=True)
+    prediction_id = UnicodeAttribute(range_key=True)
+    updated_at = UTCDateTimeAttribute()
+    actuals = JSONAttribute()  # {timestamp: measured load}
+    version = VersionAttribute()
+    expires_at = TTLAttribute()
+
+
+class CacheItem(_Base):
+    class Meta(_Base.Meta):
+        table_name = "smartgrid-cache"
+
+    key = UnicodeAttribute(hash_key=True)
+    value = JSONAttribute()
+    valid_until = NumberAttribute()  # epoch seconds; TTL deletion is lazy, reads check this
+    expires_at = TTLAttribute()
+
+
+class IdempotencyItem(_Base):
+    class Meta(_Base.Meta):
+        table_name = "smartgrid-idempotency"
+
+    key = UnicodeAttribute(hash_key=True)  # "<user_id>#<Idempotency-Key>"
+    status = UnicodeAttribute()  # IN_PROGRESS | COMPLETED
+    request_digest = UnicodeAttribute()
+    prediction_ids = ListAttribute(of=UnicodeAttribute)
+    errors = JSONAttribute(null=True)  # per-item errors of a completed batch, by index
+    in_progress_until = NumberAttribute()
+    expires_at = TTLAttribute()
+
+
+TABLES: dict[str, type[_Base]] = {
+    "predictions_table": PredictionItem,
+    "actuals_table": ActualsItem,
+    "cache_table": CacheItem,
+    "idempotency_table": IdempotencyItem,
+}
+
+
+def bind(settings: Settings) -> None:
+    """Point every model at the configured tables, region and endpoint (AWS_ENDPOINT_URL)."""
+    for setting, model in TABLES.items():
+        meta: Any = model.Meta
+        meta.table_name = getattr(settings, setting)
+        meta.region = settings.aws_region
+        meta.host = settings.aws_endpoint_url
+        meta.connect_timeout_seconds = settings.dynamodb_connect_timeout_s
+        meta.read_timeout_seconds = settings.dynamodb_read_timeout_s
+        meta.max_retry_attempts = settings.dynamodb_max_retries
+        model._connection = None  # pynamodb caches the connection per model class
+
+
+def create_tables(settings: Settings) -> list[str]:
+    """Create the tables that do not exist yet (local run, tests), from these definitions.
+    In AWS the CDK app creates them."""
+    bind(settings)
+    created = []
+    for model in TABLES.values():
+        if not model.exists():
+            model.create_table(billing_mode="PAY_PER_REQUEST", wait=True)
+            created.append(model.Meta.table_name)
+    return created
