@@ -1,9 +1,29 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 # One LightGBM thread per test worker: pytest runs two workers on two cores (see config.py).
 os.environ.setdefault("SMARTGRID_TRAIN_THREADS", "1")
+
+# The API under test: fake AWS credentials (moto), two users' API keys, no X-Ray daemon.
+# Set before any smartgrid import: settings are read once per process, as on Lambda.
+API_KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789"}
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SMARTGRID_AUTH_MODE": "keys",
+        "SMARTGRID_API_KEYS": json.dumps({u: hashlib.sha256(k.encode()).hexdigest() for u, k in API_KEYS.items()}),
+        "POWERTOOLS_SERVICE_NAME": "smartgrid",
+        "POWERTOOLS_METRICS_NAMESPACE": "Smartgrid",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+)
+os.environ.pop("AWS_ENDPOINT_URL", None)
 
 import gzip
 from pathlib import Path
@@ -61,3 +81,45 @@ def pjme() -> Series:
 @pytest.fixture(scope="session")
 def calendar() -> HolidayCalendar:
     return HolidayCalendar("US")
+
+
+# ------------------------------------------------------------------ API fixtures
+EXAMPLE = Path(__file__).parent.parent / "examples" / "predict_single.json"
+
+
+@pytest.fixture(autouse=True)
+def _reset_powertools() -> None:
+    """Powertools keeps state in module globals: metrics buffer, cold-start flag, correlation id."""
+    from aws_lambda_powertools.metrics.provider import cold_start
+    from smartgrid.observability import logger, metrics
+
+    metrics.clear_metrics()
+    cold_start.reset_cold_start_flag()
+    logger.set_correlation_id(None)
+
+
+@pytest.fixture
+def aws():
+    """moto's in-process AWS, with the tables created from the code's own definitions."""
+    from moto import mock_aws
+    from smartgrid.config import get_settings
+    from smartgrid.store.tables import create_tables
+
+    with mock_aws():
+        create_tables(get_settings())
+        yield
+
+
+@pytest.fixture
+def lambda_handler(aws):
+    """The real Lambda entry point (module-level app, models loaded once per process)."""
+    from smartgrid.api import handler as module
+    from smartgrid.service import utcnow
+
+    module.app.state.service.clock = utcnow
+    return module.handler
+
+
+@pytest.fixture
+def example_body() -> dict:
+    return json.loads(EXAMPLE.read_text())

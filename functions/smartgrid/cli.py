@@ -308,10 +308,6 @@ def models_list(models: ModelsOpt = None) -> None:
         raise typer.Exit(3)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
@@ -328,3 +324,7 @@ def serve(
 
     with _errors():
         run(host, port, api_key, emulator_port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -59,7 +59,7 @@ def utcnow() -> datetime:
 class SeriesInput:
     """One site's recent history, as the API or a caller gives it."""
 
-    timestamps: Sequence[str]
+    timestamps: Sequence[str] | np.ndarray  # ISO 8601 strings or datetime64
     load: Sequence[float]
     temperature: Sequence[float | None] | None = None
     forecast_timestamps: Sequence[str] | None = None  # temperature forecast for the next day
@@ -68,7 +68,7 @@ class SeriesInput:
 
     def canonical(self) -> dict[str, Any]:
         return {
-            "timestamps": list(self.timestamps),
+            "timestamps": [str(t) for t in self.timestamps],
             "load": list(self.load),
             "temperature": None if self.temperature is None else list(self.temperature),
             "forecast_timestamps": None if self.forecast_timestamps is None else list(self.forecast_timestamps),

@@ -214,21 +214,32 @@ class RequestContextMiddleware:
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 await _send_too_large(send_wrapper, limit)
                 return
+            # Read the body here (Lambda hands it over whole anyway) so that an oversized
+            # one is refused before anything parses it.
+            chunks: list[bytes] = []
             received = 0
-
-            async def limited_receive() -> Message:
-                nonlocal received
+            more = scope.get("method") not in ("GET", "HEAD")
+            while more:
                 message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise _BodyTooLarge()
-                return message
+                if message["type"] != "http.request":
+                    return  # client went away
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > limit:
+                    await _send_too_large(send_wrapper, limit)
+                    return
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            replayed = False
 
-            try:
-                await self.app(scope, limited_receive, send_wrapper)
-            except _BodyTooLarge:
-                await _send_too_large(send_wrapper, limit)
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_wrapper)
         finally:
             elapsed = time.perf_counter() - t0
             route = scope.get("route")
@@ -248,10 +259,6 @@ class RequestContextMiddleware:
             )
             if self.flush_metrics:
                 metrics.flush_metrics()
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 async def _send_too_large(send: Send, limit: int) -> None:
@@ -336,7 +343,7 @@ def render_prediction(rec: PredictionRecord) -> dict[str, Any]:
 def _series_input(req: schemas.PredictRequest) -> SeriesInput:
     tf = req.temperature_forecast
     return SeriesInput(
-        timestamps=req.history.timestamps,
+        timestamps=req.history.timestamp_list(),
         load=req.history.load,
         temperature=req.history.temperature,
         forecast_timestamps=tf.timestamps if tf else None,

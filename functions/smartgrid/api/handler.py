@@ -11,12 +11,14 @@ from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from mangum import Mangum
+from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 
 from ..observability import logger, metrics, tracer
-from .app import create_app
+from .app import PROBLEM_JSON, create_app
 
 app = create_app()
-asgi_handler = Mangum(app, lifespan="off", api_gateway_base_path="/")
+# Problem details are text: without this Mangum would base64-encode them.
+asgi_handler = Mangum(app, lifespan="off", text_mime_types=[*DEFAULT_TEXT_MIME_TYPES, PROBLEM_JSON])
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)

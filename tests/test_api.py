@@ -1,0 +1,548 @@
+"""The API through the real Lambda handler, with API Gateway REST and HTTP API events, on
+moto's in-process DynamoDB."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from smartgrid.store.tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem
+
+from .apigw import Client
+
+ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+def stored(user: str) -> list[PredictionItem]:
+    return list(PredictionItem.query(user))
+
+
+def vary(body: dict, k: float) -> dict:
+    """Same shape, different numbers (a cache miss)."""
+    b = copy.deepcopy(body)
+    b["history"]["load"][-1] = round(b["history"]["load"][-1] * (1 + k), 3)
+    return b
+
+
+def days(body: dict, n: int) -> dict:
+    """The last n days of the example history."""
+    b = copy.deepcopy(body)
+    h = b["history"]
+    for key in ("timestamps", "load", "temperature"):
+        h[key] = h[key][-24 * n :]
+    return b
+
+
+@pytest.fixture(params=["rest", "http"])
+def client(request, lambda_handler) -> Client:
+    return Client(lambda_handler, request.param)
+
+
+@pytest.fixture
+def rest(lambda_handler) -> Client:
+    return Client(lambda_handler, "rest")
+
+
+@pytest.fixture
+def service(lambda_handler):
+    from smartgrid.api import handler as module
+
+    return module.app.state.service
+
+
+# ------------------------------------------------------------------------- health
+def test_health_ok_without_key(client):
+    t0 = time.perf_counter()
+    r = client.get("/health", user=None)
+    elapsed = time.perf_counter() - t0
+    assert r.status == 200
+    body = r.json()
+    assert set(body) == {"status", "uptime", "models_loaded", "database", "cache", "timestamp"}
+    assert body["status"] == "ok"
+    assert body["models_loaded"] == 3
+    assert body["database"] == "connected" and body["cache"] == "connected"
+    assert isinstance(body["uptime"], int) and body["uptime"] >= 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["timestamp"])
+    assert elapsed < 5  # generous: shared CI machine; the bound itself is checked below
+
+
+def test_health_degraded_when_cache_down(rest, example_body):
+    CacheItem.delete_table()
+    r = rest.get("/health", user=None)
+    assert r.status == 200
+    assert r.json()["status"] == "degraded"
+    assert r.json()["cache"] == "disconnected" and r.json()["database"] == "connected"
+    # ... and predictions still work, computed without the cache
+    p = rest.post("/predict/single", example_body)
+    assert p.status == 200, p.text
+    assert p.json()["cached"] is False
+    assert len(stored("alice")) == 1
+
+
+def test_health_critical_when_predictions_table_down(rest):
+    PredictionItem.delete_table()
+    r = rest.get("/health", user=None)
+    assert r.status == 503
+    assert r.json()["status"] == "critical" and r.json()["database"] == "disconnected"
+
+
+def test_health_critical_without_models_and_bounded_by_timeout(aws, tmp_path):
+    from mangum import Mangum
+    from smartgrid.api.app import create_app
+    from smartgrid.config import get_settings
+    from smartgrid.forecast import ModelSet
+    from smartgrid.service import PredictionService
+
+    settings = get_settings()
+    empty = ModelSet.load(tmp_path)  # no model files: all three fail to load
+    svc = PredictionService(settings, empty, _store(settings))
+    c = Client(Mangum(create_app(settings, svc), lifespan="off", text_mime_types=["application/problem+json"]))
+    r = c.get("/health", user=None)
+    assert r.status == 503
+    assert r.json()["status"] == "critical" and r.json()["models_loaded"] == 0
+
+    # a dependency that hangs: /health still answers within its budget
+    store = svc.store
+
+    def hang() -> None:
+        time.sleep(3)
+
+    store.ping_cache = hang  # type: ignore[method-assign]
+    c.get("/health", user=None)  # warm the pool
+    t0 = time.perf_counter()
+    r = c.get("/health", user=None)
+    assert time.perf_counter() - t0 < 1.0
+    assert r.json()["cache"] == "disconnected"
+
+
+def _store(settings):
+    def factory():
+        from smartgrid.store.dynamo import DynamoStore
+
+        return DynamoStore(settings)
+
+    return factory
+
+
+# ------------------------------------------------------------------------- auth, models
+def test_auth_required_everywhere_but_health(rest, example_body):
+    for method, path, body in [
+        ("GET", "/models", None),
+        ("POST", "/predict/single", example_body),
+        ("POST", "/predict/batch", {"requests": [example_body]}),
+        ("POST", "/anomalies/detect", {"timestamps": [], "load": []}),
+        ("POST", "/actuals", {"prediction_id": "0" * 26, "timestamps": [], "load": []}),
+        ("GET", "/predictions", None),
+    ]:
+        r = rest.request(method, path, body, user=None)
+        assert r.status == 401, (path, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "x-api-key" in r.json()["detail"]
+        bad = rest.request(method, path, body, user=None, headers={"x-api-key": "not-a-key"})
+        assert bad.status == 403, (path, bad.text)
+    assert stored("alice") == []
+
+
+def test_models(client):
+    r = client.get("/models")
+    assert r.status == 200
+    assert r.headers["cache-control"] == "max-age=3600"
+    models = {m["name"]: m for m in r.json()["models"]}
+    assert set(models) == {"load_forecast", "baseline_forecast", "anomaly_detector"}
+    for m in models.values():
+        assert m["loaded"] and re.fullmatch(r"[0-9a-f]{64}", m["sha256"])
+        assert m["version"] and m["training_window"]["start"] < m["training_window"]["end"]
+    assert "mape" in json.dumps(models["load_forecast"]["metrics"]).lower()
+
+
+# ------------------------------------------------------------------------- predict single
+def test_predict_single(client, example_body):
+    r = client.post("/predict/single", example_body)
+    assert r.status == 200, r.text
+    p = r.json()
+    assert ULID_RE.match(p["prediction_id"])
+    assert p["model"] == "load_forecast" and p["model_kind"] == "primary" and p["fallback_reason"] is None
+    assert p["site_id"] == "gefcom-zone-1" and p["cached"] is False
+    steps = p["forecast"]
+    assert len(steps) == 24
+    assert steps[0]["timestamp"] == "2006-05-31T00:00:00Z" and steps[-1]["timestamp"] == "2006-05-31T23:00:00Z"
+    assert all(s["p10"] <= s["p50"] <= s["p90"] for s in steps)
+    # a plausible day: within the history's range
+    loads = example_body["history"]["load"]
+    assert min(loads) * 0.7 < min(s["p50"] for s in steps) and max(s["p50"] for s in steps) < max(loads) * 1.3
+    (item,) = stored("alice")
+    assert item.prediction_id == p["prediction_id"] and item.model_version == p["model_version"]
+    assert item.forecast["p50"] == [s["p50"] for s in steps]
+    assert len(item.inputs_digest) == 64
+    assert item.expires_at > datetime.now(UTC) + timedelta(days=300)
+    assert r.headers["x-correlation-id"]
+
+
+def test_user_comes_from_key_not_body(rest, example_body):
+    body = dict(example_body, user_id="bob")
+    r = rest.post("/predict/single", body)
+    assert r.status == 422  # unknown field: clients cannot claim a user
+    assert r.json()["errors"][0]["field"] == "body.user_id"
+    r = rest.post("/predict/single", example_body, user="bob")
+    assert r.status == 200
+    assert len(stored("bob")) == 1 and stored("alice") == []
+
+
+def test_short_history_uses_fallback_with_reason(rest, example_body):
+    r = rest.post("/predict/single", days(example_body, 5))
+    assert r.status == 200, r.text
+    p = r.json()
+    assert p["model_kind"] == "fallback" and p["model"] == "baseline_forecast"
+    assert "14" in p["fallback_reason"]
+
+
+def test_compact_history_equals_full_form(rest, example_body):
+    h = example_body["history"]
+    compact = {"history": {"start": h["timestamps"][0], "resolution_minutes": 60, "load": h["load"]}}
+    full = {"history": {"timestamps": h["timestamps"], "load": h["load"]}}
+    a = rest.post("/predict/single", compact)
+    b = rest.post("/predict/single", full)
+    assert a.status == 200 and b.status == 200, (a.text, b.text)
+    assert a.json()["forecast"] == b.json()["forecast"]
+    both = rest.post("/predict/single", {"history": {**full["history"], "start": h["timestamps"][0]}})
+    assert both.status == 422 and "not both" in both.text
+
+
+# ------------------------------------------------------------------------- bad input
+def _bad(rest, body=None, raw=None, headers=None) -> dict:
+    r = rest.post("/predict/single", body, raw=raw, headers=headers)
+    assert 400 <= r.status < 500, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    p = r.json()
+    assert p["status"] == r.status and p["title"] and p["detail"]
+    return p | {"_status": r.status}
+
+
+def test_bad_input_is_4xx_naming_the_field_and_writes_nothing(rest, example_body):
+    h = example_body["history"]
+
+    p = _bad(rest, raw='{"history": {"timestamps": [')
+    assert p["_status"] == 400 and "JSON" in p["title"]
+
+    p = _bad(rest, raw="")
+    assert p["_status"] == 422
+
+    b = copy.deepcopy(example_body)
+    b["history"]["load"][3] = "12.5"
+    p = _bad(rest, b)
+    assert p["_status"] == 422 and p["errors"][0]["field"] == "body.history.load[3]"
+
+    raw = json.dumps(example_body).replace(str(h["load"][5]), "NaN", 1)
+    p = _bad(rest, raw=raw)
+    assert p["errors"][0]["field"] == "body.history.load[5]"
+    assert "finite" in p["errors"][0]["message"]
+
+    raw = json.dumps(example_body).replace(str(h["load"][6]), "1e999", 1)
+    assert _bad(rest, raw=raw)["errors"][0]["field"] == "body.history.load[6]"
+
+    b = copy.deepcopy(example_body)
+    b["history"]["timestamps"][10], b["history"]["timestamps"][11] = h["timestamps"][11], h["timestamps"][10]
+    p = _bad(rest, b)
+    assert p["_status"] == 422 and p["errors"][0]["field"].startswith("history.timestamps[")
+    assert "order" in p["detail"] or "unordered" in json.dumps(p)
+
+    b = copy.deepcopy(example_body)
+    b["history"]["timestamps"][20] = h["timestamps"][19]
+    p = _bad(rest, b)
+    assert any(e["code"] == "duplicate_timestamp" for e in p["errors"])
+    assert any(e["field"] == "history.timestamps[20]" for e in p["errors"])
+
+    b = copy.deepcopy(example_body)
+    b["history"]["timestamps"][4] = "2006-13-45T00:00:00Z"
+    assert _bad(rest, b)["errors"][0]["field"] == "history.timestamps[4]"
+
+    p = _bad(rest, days(example_body, 1) | {"history": {k: v[-12:] for k, v in h.items()}})
+    assert "history" in p["errors"][0]["field"]
+    assert "day" in p["detail"]
+
+    b = copy.deepcopy(example_body)
+    b["history"]["extra"] = 1
+    p = _bad(rest, b)
+    assert p["errors"][0]["field"] == "body.history.extra" and p["errors"][0]["message"] == "unknown field"
+
+    b = copy.deepcopy(example_body)
+    b["history"]["load"] = b["history"]["load"][:-1]
+    assert "same length" in _bad(rest, b)["detail"]
+
+    b = copy.deepcopy(example_body)
+    b["history"]["load"][0] = -5
+    assert _bad(rest, b)["errors"][0]["field"] == "body.history.load[0]"
+
+    p = _bad(rest, raw=" " * 6_000_001)
+    assert p["_status"] == 413 and "6000000" in p["detail"]
+
+    p = _bad(rest, example_body, headers={"Idempotency-Key": "has space"})
+    assert p["errors"][0]["field"] == "header.Idempotency-Key"
+
+    assert stored("alice") == []
+    assert list(CacheItem.scan()) == []
+
+
+def test_unknown_route_and_method_are_problem_details(rest):
+    r = rest.get("/nope")
+    assert r.status == 404 and r.headers["content-type"] == "application/problem+json"
+    r = rest.get("/predict/single")
+    assert r.status == 405 and r.json()["title"] == "Method not allowed"
+
+
+# ------------------------------------------------------------------------- batch
+def test_batch_per_item_results(client, example_body):
+    bad_type = copy.deepcopy(example_body)
+    bad_type["history"]["load"][2] = None
+    body = {"requests": [example_body, days(example_body, 3), bad_type, {"history": {"load": [1, 2]}}]}
+    r = client.post("/predict/batch", body)
+    assert r.status == 200, r.text
+    out = r.json()
+    assert out["succeeded"] == 2 and out["failed"] == 2
+    res = out["results"]
+    assert [x["index"] for x in res] == [0, 1, 2, 3]
+    assert res[0]["prediction"]["model_kind"] == "primary"
+    assert res[1]["prediction"]["model_kind"] == "fallback"
+    assert res[2]["status"] == "error" and res[2]["error"]["errors"][0]["field"] == "requests[2].history.load[2]"
+    assert res[3]["status"] == "error" and "timestamps" in res[3]["error"]["detail"]
+    ids = {x["prediction"]["prediction_id"] for x in res[:2]}
+    assert {i.prediction_id for i in stored("alice")} == ids
+
+
+def test_batch_limit(rest, example_body):
+    tiny = {"history": {"start": "2026-01-01T00:00:00Z", "resolution_minutes": 60, "load": [1.0] * 24}}
+    r = rest.post("/predict/batch", {"requests": [tiny] * 1001})
+    assert r.status == 422
+    assert "at most 1000" in r.json()["detail"] and r.json()["errors"][0]["field"] == "requests"
+    assert stored("alice") == []
+    r = rest.post("/predict/batch", {"requests": []})
+    assert r.status == 422
+
+
+# ------------------------------------------------------------------------- idempotency, cache
+def test_idempotent_retry_returns_the_first_prediction(rest, example_body):
+    hdr = {"Idempotency-Key": "order-42"}
+    a = rest.post("/predict/single", example_body, headers=hdr)
+    b = rest.post("/predict/single", example_body, headers=hdr)
+    assert a.status == b.status == 200
+    assert a.json() == b.json()
+    assert len(stored("alice")) == 1
+    # the same key from another user is another request
+    c = rest.post("/predict/single", example_body, headers=hdr, user="bob")
+    assert c.status == 200 and c.json()["prediction_id"] != a.json()["prediction_id"]
+    # the same key with another body is refused
+    d = rest.post("/predict/single", vary(example_body, 0.01), headers=hdr)
+    assert d.status == 422 and d.json()["type"].endswith("idempotency-key-reused")
+    assert len(stored("alice")) == 1
+
+
+def test_idempotent_batch_and_in_progress(rest, example_body):
+    hdr = {"Idempotency-Key": "batch-1"}
+    body = {"requests": [example_body, {"history": {"load": [1]}}]}
+    a = rest.post("/predict/batch", body, headers=hdr).json()
+    b = rest.post("/predict/batch", body, headers=hdr).json()
+    for out in (a, b):  # problem bodies carry each request's own correlation id
+        out["results"][1]["error"].pop("correlation_id")
+    assert a == b and a["succeeded"] == 1
+    assert len(stored("alice")) == 1
+
+    IdempotencyItem(
+        "alice#busy",
+        status="IN_PROGRESS",
+        request_digest="x",
+        prediction_ids=["01" + "0" * 24],
+        in_progress_until=time.time() + 60,
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+    ).save()
+    r = rest.post("/predict/single", example_body, headers={"Idempotency-Key": "busy"})
+    assert r.status in (409, 422)
+
+
+def test_takeover_of_an_expired_claim_reuses_its_ids(rest, example_body):
+    from smartgrid.api import schemas
+    from smartgrid.service import digest
+
+    body = schemas.PredictRequest.model_validate(example_body)
+    req = digest(["single", body.model_dump(mode="json")])
+    IdempotencyItem(
+        "alice#crashed",
+        status="IN_PROGRESS",
+        request_digest=req,
+        prediction_ids=["01JZZZZZZZZZZZZZZZZZZZZZZZ"],
+        in_progress_until=time.time() - 1,
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+    ).save()
+    r = rest.post("/predict/single", example_body, headers={"Idempotency-Key": "crashed"})
+    assert r.status == 200, r.text
+    assert r.json()["prediction_id"] == "01JZZZZZZZZZZZZZZZZZZZZZZZ"
+    assert IdempotencyItem.get("alice#crashed").status == "COMPLETED"
+
+
+def test_cache_serves_identical_inputs_for_five_minutes(rest, example_body, service, monkeypatch):
+    svc = service
+    calls = []
+    real = svc.forecaster.forecast_readings
+    monkeypatch.setattr(svc.forecaster, "forecast_readings", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a = rest.post("/predict/single", example_body).json()
+    b = rest.post("/predict/single", example_body, user="bob").json()
+    assert len(calls) == 1 and b["cached"] is True
+    assert a["forecast"] == b["forecast"] and a["prediction_id"] != b["prediction_id"]
+    assert rest.post("/predict/single", vary(example_body, 0.01)).json()["cached"] is False
+    assert len(calls) == 2
+    later = datetime.now(UTC) + timedelta(seconds=301)
+    monkeypatch.setattr(svc, "clock", lambda: later)
+    assert rest.post("/predict/single", example_body).json()["cached"] is False
+    assert len(calls) == 3
+
+
+def test_predictions_table_outage_fails_cleanly(rest, example_body, monkeypatch):
+    from smartgrid.store.dynamo import DynamoStore
+
+    def boom(self, records):
+        PredictionItem(records[0].user_id, records[0].prediction_id, forecast={}).save()  # half-way ...
+        raise RuntimeError("connection reset")  # ... then the dependency fails
+
+    monkeypatch.setattr(DynamoStore, "save_predictions", boom)
+    r = rest.post("/predict/batch", {"requests": [example_body, days(example_body, 3)]})
+    assert r.status == 503 and r.headers["retry-after"]
+    assert "nothing was saved" in r.json()["detail"]
+    assert stored("alice") == []  # the partial write was undone
+    PredictionItem.delete_table()
+    r = rest.post("/predict/single", vary(example_body, 0.02), headers={"Idempotency-Key": "k1"})
+    assert r.status == 503
+    assert list(IdempotencyItem.scan()) == []  # the claim was released: a retry can proceed
+
+
+# ------------------------------------------------------------------------- actuals
+def test_actuals_record_absolute_error(client, example_body):
+    p = client.post("/predict/single", example_body).json()
+    steps = p["forecast"]
+    body = {
+        "prediction_id": p["prediction_id"],
+        "timestamps": [s["timestamp"] for s in steps[:3]],
+        "load": [steps[0]["p50"] + 10, steps[1]["p50"] - 5, steps[2]["p50"]],
+    }
+    r = client.post("/actuals", body)
+    assert r.status == 200, r.text
+    out = r.json()
+    assert out["count"] == 3 and [pt["abs_error"] for pt in out["points"]] == [10.0, 5.0, 0.0]
+    assert out["mae"] == 5.0
+    r = client.post("/actuals", {**body, "timestamps": [steps[3]["timestamp"]], "load": [steps[3]["p90"] + 1]})
+    out = r.json()
+    assert out["count"] == 4 and out["points"][3]["within_interval"] is False
+    item = ActualsItem.get("alice", p["prediction_id"])
+    assert len(item.actuals) == 4
+
+
+def test_actuals_errors(rest, example_body):
+    p = rest.post("/predict/single", example_body).json()
+    ts = p["forecast"][0]["timestamp"]
+    r = rest.post("/actuals", {"prediction_id": p["prediction_id"], "timestamps": [ts], "load": [1.0]}, user="bob")
+    assert r.status == 404  # another user's prediction does not exist for bob
+    r = rest.post("/actuals", {"prediction_id": "01" + "A" * 24, "timestamps": [ts], "load": [1.0]})
+    assert r.status == 404
+    r = rest.post(
+        "/actuals", {"prediction_id": p["prediction_id"], "timestamps": ["2001-01-01T00:00:00Z"], "load": [1.0]}
+    )
+    assert r.status == 422 and r.json()["errors"][0]["field"] == "timestamps[0]"
+    r = rest.post("/actuals", {"prediction_id": p["prediction_id"], "timestamps": [ts, ts], "load": [1.0, 2.0]})
+    assert r.status == 422 and r.json()["errors"][0]["code"] == "duplicate_timestamp"
+    r = rest.post("/actuals", {"prediction_id": "bad", "timestamps": [ts], "load": [1.0]})
+    assert r.status == 422 and r.json()["errors"][0]["field"] == "body.prediction_id"
+    assert list(ActualsItem.scan()) == []
+
+
+# ------------------------------------------------------------------------- listing
+def test_list_predictions_newest_first_paginated(client, example_body, service, monkeypatch):
+    svc = service
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    ids = []
+    for i in range(5):
+        monkeypatch.setattr(svc, "clock", lambda i=i: base + timedelta(hours=i))
+        ids.append(client.post("/predict/single", days(example_body, 2)).json()["prediction_id"])
+    client.post("/predict/single", days(example_body, 2), user="bob")
+
+    r = client.get("/predictions", query={"limit": "2"})
+    assert r.status == 200, r.text
+    page = r.json()
+    assert [p["prediction_id"] for p in page["items"]] == ids[::-1][:2]
+    seen = [p["prediction_id"] for p in page["items"]]
+    while page["next_cursor"]:
+        page = client.get("/predictions", query={"limit": "2", "cursor": page["next_cursor"]}).json()
+        seen += [p["prediction_id"] for p in page["items"]]
+    assert seen == ids[::-1]
+
+    since = (base + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    r = client.get("/predictions", query={"user_id": "alice", "since": since})
+    assert [p["prediction_id"] for p in r.json()["items"]] == ids[::-1][:3]
+
+    assert client.get("/predictions", query={"user_id": "bob"}).status == 403
+    assert client.get("/predictions", query={"since": "last week"}).json()["errors"][0]["field"] == "since"
+    assert client.get("/predictions", query={"cursor": "!!"}).status == 422
+    assert client.get("/predictions", query={"limit": "0"}).status == 422
+
+
+# ------------------------------------------------------------------------- anomalies
+def test_anomaly_detection(client, example_body):
+    h = example_body["history"]
+    load = list(h["load"])
+    load[400] = load[400] * 1.8
+    r = client.post("/anomalies/detect", {"timestamps": h["timestamps"], "load": load})
+    assert r.status == 200, r.text
+    out = r.json()
+    assert len(out["readings"]) == len(load)
+    spike = out["readings"][400]
+    assert spike["anomaly"] is True and spike["label"] == "spike" and spike["score"] >= 0.5
+    assert out["flagged"] == sum(x["anomaly"] for x in out["readings"])
+    assert out["flagged"] <= 5
+    r = client.post("/anomalies/detect", {"timestamps": h["timestamps"][:2], "load": [1.0]})
+    assert r.status == 422
+    r = client.post("/anomalies/detect", {"timestamps": h["timestamps"], "load": load, "threshold": 2})
+    assert r.status == 422 and r.json()["errors"][0]["field"] == "body.threshold"
+
+
+# ------------------------------------------------------------------------- observability
+def test_logs_and_emf_metrics(rest, example_body, capsys):
+    import io
+
+    from smartgrid.observability import logger
+
+    buf = io.StringIO()
+    handler = logger.registered_handler
+    old = handler.setStream(buf)  # type: ignore[attr-defined]
+    try:
+        rest.post("/predict/single", example_body, headers={"x-correlation-id": "corr-123"})
+        rest.post("/predict/single", {"history": {}})
+    finally:
+        handler.setStream(old)  # type: ignore[attr-defined]
+    logs = [json.loads(x) for x in buf.getvalue().splitlines()]
+    logs = [x for x in logs if x.get("message") == "request"]
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert logs[0]["correlation_id"] == "corr-123" and logs[0]["status"] == 200
+    assert logs[0]["route"] == "/predict/single"
+    assert logs[1]["status"] == 422 and logs[1]["correlation_id"] != "corr-123"
+    emf = [x for x in lines if "_aws" in x]
+    names = {m["Name"] for x in emf for d in x["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+    assert {
+        "api_requests_total",
+        "api_request_duration_seconds",
+        "model_inference_duration_seconds",
+    } <= names
+    assert all(d["Namespace"] == "Smartgrid" for x in emf for d in x["_aws"]["CloudWatchMetrics"])
+
+
+def test_importing_the_handler_does_not_import_the_aws_sdk():
+    """Cold start: boto3/botocore/pynamodb load on the first request that needs DynamoDB."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, smartgrid.api.handler as h; "
+        "print(sorted(m for m in ('boto3', 'botocore.client', 'pynamodb', 'aws_xray_sdk.core') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
