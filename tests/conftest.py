@@ -1,14 +1,22 @@
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+from pathlib import Path
 
+import numpy as np
+import pytest
+from smartgrid.data import Series, load_series
+from smartgrid.features import HolidayCalendar
+
+# Settings are read on first use (once per process, as on Lambda): set the environment
+# before any test asks for them.
 # One LightGBM thread per test worker: pytest runs two workers on two cores (see config.py).
 os.environ.setdefault("SMARTGRID_TRAIN_THREADS", "1")
 
 # The API under test: fake AWS credentials (moto), two users' API keys, no X-Ray daemon.
-# Set before any smartgrid import: settings are read once per process, as on Lambda.
 API_KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789"}
 os.environ.update(
     {
@@ -24,14 +32,6 @@ os.environ.update(
     }
 )
 os.environ.pop("AWS_ENDPOINT_URL", None)
-
-import gzip
-from pathlib import Path
-
-import numpy as np
-import pytest
-from smartgrid.data import Series, load_series
-from smartgrid.features import HolidayCalendar
 
 DATA = Path(__file__).parent / "data"
 
