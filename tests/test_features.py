@@ -96,3 +96,12 @@ def test_short_history_gives_nan_not_garbage(gefcom: Series, calendar: HolidayCa
     assert np.isnan(fb.scale).all()  # no 7 days of history
     assert np.isnan(fb.X[:, F["lag_7d"]]).all()
     assert np.isnan(fb.X[:, F["temperature"]]).all()
+
+
+def test_shipped_calendar_matches_the_holidays_package():
+    """The pre-computed calendar read at start-up is what `holidays` computes (regenerate with
+    `smartgrid calendar --country US` when the package changes)."""
+    from smartgrid.features import _holiday_days, calendar_file, compute_holiday_days
+
+    assert calendar_file("US", None).is_file()
+    np.testing.assert_array_equal(_holiday_days("US", None), compute_holiday_days("US", None))

@@ -308,6 +308,22 @@ def models_list(models: ModelsOpt = None) -> None:
         raise typer.Exit(3)
 
 
+
+@app.command()
+def calendar(
+    country: Annotated[str, typer.Option("--country", help="ISO country code")] = "US",
+    subdivision: Annotated[str | None, typer.Option("--subdivision", help="State/province code")] = None,
+) -> None:
+    """Pre-compute a holiday calendar into the package (read at start-up instead of `holidays`)."""
+    from .features import write_calendar
+
+    with _errors():
+        try:
+            path = write_calendar(country, subdivision)
+        except NotImplementedError as exc:
+            raise ValueError(f"unknown holiday calendar: country {country!r}, subdivision {subdivision!r}") from exc
+        out.print(f"wrote {path}")
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
