@@ -15,14 +15,15 @@ medians and percentiles of CPU time are quoted, wall times only for reference):
 - Warm single: 2000 distinct (cache-missing) POST /predict/single calls through
   ``handler(event, context)`` in one process, CPU p50/p99, against bare ``session.run`` of the
   primary model on the feature rows the product builds for the same input (interleaved in
-  blocks of 100). Goal: p99 under 1 ms. The cache-hit path (same body repeated) and a cProfile
+  blocks of 100). Goal: p99 under 1 ms (also checked as overhead over bare inference, since
+  bare inference alone may exceed it). The cache-hit path (same body repeated) and a cProfile
   split of where the CPU goes (a sample of calls, profiler overhead included) are reported too.
 - Warm batch: POST /predict/batch with 1000 distinct items (compact history form, 15 days),
-  CPU median against one bare ``session.run`` over the same 24,000 stacked rows and against
-  1000 per-item runs. Goal: at most 2.5x bare (stacked).
-- Memory: peak RSS of the single-request process after 2000 requests, and current RSS sampled
-  over a longer run (10,000 requests); goal: no growth from the second sample to the last
-  (tolerance 2 MiB).
+  CPU median of 5 runs (``--batch-runs``) against one bare ``session.run`` over the same
+  24,000 stacked rows and against 1000 per-item runs. Goal: at most 2.5x bare (stacked).
+- Memory: peak RSS (VmHWM) of the single-request process after 2000 requests, and current
+  RSS sampled over a longer run (10,000 requests); goal: no growth from the second sample to
+  the last (tolerance 2 MiB).
 
 DynamoDB is a moto server in a separate process (its CPU is not counted). Before measuring,
 site-packages and ``functions/`` are byte-compiled (Lambda packages ship .pyc; uv installs
@@ -34,6 +35,7 @@ Results: printed as JSON and written to benchmarks/results/api.json.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -64,8 +66,10 @@ BATCH_START = "2006-05-03T00:00:00Z"
 BATCH_DAYS = 15
 SENTINEL = 987654321.125  # stands for the varied last load when building bodies by string
 MEMORY_TOLERANCE_KIB = 2048
-VERSIONS = ("onnxruntime", "numpy", "fastapi", "starlette", "pydantic", "mangum", "aws-lambda-powertools")
-VERSIONS += ("pynamodb", "boto3", "botocore", "moto")
+VERSIONS: tuple[str, ...] = (
+    *("onnxruntime", "numpy", "fastapi", "starlette", "pydantic", "mangum", "aws-lambda-powertools"),
+    *("pynamodb", "boto3", "botocore", "moto"),
+)
 
 MOTO_CODE = """
 import logging, sys, threading
@@ -96,13 +100,17 @@ wall = time.time() - float(sys.argv[2])
 with open("/proc/self/status") as f:
     rss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
 status = response.get("statusCode")
+body = response.get("body") or ""
+if response.get("isBase64Encoded"):
+    import base64
+    body = base64.b64decode(body).decode("utf-8", "replace")
 try:
-    model = json.loads(response["body"]).get("model")
+    model = json.loads(body).get("model")
 except Exception:
     model = None
 out = {{"cpu_s": cpu, "wall_s": wall, "maxrss_kib": rss, "status": status, "model": model}}
 if status != 200 or model != "{primary}":
-    out["body"] = response.get("body")
+    out["body"] = body
 print("BENCH " + json.dumps(out), flush=True)
 """
 
@@ -218,9 +226,16 @@ def ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
+def response_text(response: dict[str, Any]) -> str:
+    body = response.get("body") or ""
+    if response.get("isBase64Encoded"):
+        return base64.b64decode(body).decode("utf-8", "replace")
+    return str(body)
+
+
 def check_single(response: dict[str, Any], cached: bool) -> dict[str, Any]:
     status = response.get("statusCode")
-    body = response.get("body") or ""
+    body = response_text(response)
     if status != 200:
         raise SystemExit(f"POST /predict/single answered {status}: {body}")
     data: dict[str, Any] = json.loads(body)
@@ -479,7 +494,7 @@ def child_warm_batch(cfg: dict[str, Any]) -> dict[str, Any]:
         dt = pt() - t0
         wall = time.perf_counter() - w0
         status = response.get("statusCode")
-        text = response.get("body") or ""
+        text = response_text(response)
         if status != 200:
             raise SystemExit(f"POST /predict/batch answered {status}: {text[:4000]}")
         data = json.loads(text)
@@ -733,7 +748,15 @@ def goals(cold: dict[str, Any], single: dict[str, Any], batch: dict[str, Any]) -
             "value": cold["ratio_product_to_floor"]["median_of_paired"],
             "goal_met": cold["ratio_product_to_floor"]["median_of_paired"] <= 2.2,
         },
-        "single_p99_cpu_under_1ms": {"value_us": s["p99_us"], "goal_met": s["p99_us"] < 1000.0},
+        "single_p99_cpu_under_1ms": {
+            "value_us": s["p99_us"],
+            "goal_met": s["p99_us"] < 1000.0,
+            "bare_session_run_p50_us": single["single"]["bare_session_run_cpu"]["p50_us"],
+            "if_read_as_overhead_over_bare": {
+                "value_us": single["single"]["overhead_over_bare_p50_us"]["p99"],
+                "goal_met": single["single"]["overhead_over_bare_p50_us"]["p99"] < 1000.0,
+            },
+        },
         "batch_1000_at_most_2.5x_bare": {
             "value": batch["ratio_to_bare_stacked"],
             "reference": "one session.run over the batch's stacked feature rows",
@@ -757,7 +780,7 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
         "single_calls": 300 if quick else 2000,
         "cache_hits": 50 if quick else 500,
         "profile_calls": 30 if quick else 200,
-        "memory_total": 800 if quick else 10_000,
+        "memory_total": 700 if quick else 10_000,
         "memory_every": 100 if quick else 1000,
         "batch_size": 1000,
         "batch_runs": args.batch_runs or (1 if quick else 5),
@@ -801,6 +824,8 @@ def main() -> int:
             "dynamodb": "moto server in a separate process on 127.0.0.1",
             "logging": "Powertools defaults (INFO); the handler's stdout goes to a pipe (cold) or /dev/null (warm)",
             "onnxruntime_threads": 1,
+            "peak_rss": "VmHWM of /proc/self/status; ru_maxrss would keep the parent's peak across fork and exec",
+            "bare_inputs": "feeds captured from the product's own forecaster for the same histories",
         },
     }
     print("compiling bytecode ...", file=sys.stderr, flush=True)

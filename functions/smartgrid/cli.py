@@ -308,7 +308,6 @@ def models_list(models: ModelsOpt = None) -> None:
         raise typer.Exit(3)
 
 
-
 @app.command()
 def calendar(
     country: Annotated[str, typer.Option("--country", help="ISO country code")] = "US",
@@ -323,6 +322,7 @@ def calendar(
         except NotImplementedError as exc:
             raise ValueError(f"unknown holiday calendar: country {country!r}, subdivision {subdivision!r}") from exc
         out.print(f"wrote {path}")
+
 
 @app.command()
 def serve(

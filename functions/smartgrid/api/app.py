@@ -307,8 +307,9 @@ class Authenticator:
         raise AuthError(401, "missing API key: send it in the x-api-key header")
 
 
-def current_user(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> str:
-    """The caller's user id, from the API key (never from the body)."""
+async def current_user(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> str:
+    """The caller's user id, from the API key (never from the body). ``async``: FastAPI runs
+    a plain ``def`` dependency in a worker thread, per request."""
     auth: Authenticator = request.app.state.authenticator
     return auth(request, x_api_key)
 
