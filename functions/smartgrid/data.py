@@ -179,7 +179,7 @@ def readings_from_records(
     return Readings(ts, loads, temps, np.asarray(rn, dtype="int64"), source)
 
 
-def _fast_timestamps(values: list[object]) -> np.ndarray | None:
+def _fast_timestamps(values: Sequence[object]) -> np.ndarray | None:
     """All values ``YYYY-MM-DDTHH:MM:SS`` with an optional ``Z`` (what API clients send):
     parsed by numpy in one call, 50x faster than one ``datetime`` each. ``None`` when any value
     has another form or does not parse; the general path then parses (and reports) them."""
