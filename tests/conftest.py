@@ -116,7 +116,9 @@ def lambda_handler(aws):
     from smartgrid.api import handler as module
     from smartgrid.service import utcnow
 
-    module.app.state.service.clock = utcnow
+    svc = module.app.state.service
+    svc.clock = utcnow
+    svc._memory.clear()  # the container's in-memory cache tier outlives a test's moto tables
     return module.handler
 
 

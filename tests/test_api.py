@@ -384,19 +384,28 @@ def test_takeover_of_an_expired_claim_reuses_its_ids(rest, example_body):
 
 def test_cache_serves_identical_inputs_for_five_minutes(rest, example_body, service, monkeypatch):
     svc = service
-    calls = []
-    real = svc.forecaster.forecast_readings
-    monkeypatch.setattr(svc.forecaster, "forecast_readings", lambda *a, **k: calls.append(1) or real(*a, **k))
+    computed: list[int] = []
+    real = svc.forecaster.forecast_many
+    monkeypatch.setattr(svc.forecaster, "forecast_many", lambda inputs: computed.append(len(inputs)) or real(inputs))
     a = rest.post("/predict/single", example_body).json()
     b = rest.post("/predict/single", example_body, user="bob").json()
-    assert len(calls) == 1 and b["cached"] is True
+    assert computed == [1] and b["cached"] is True
     assert a["forecast"] == b["forecast"] and a["prediction_id"] != b["prediction_id"]
+    # another container (empty memory tier) is served from the shared cache table
+    svc._memory.clear()
+    assert rest.post("/predict/single", example_body).json()["cached"] is True
+    assert computed == [1]
     assert rest.post("/predict/single", vary(example_body, 0.01)).json()["cached"] is False
-    assert len(calls) == 2
+    assert computed == [1, 1]
     later = datetime.now(UTC) + timedelta(seconds=301)
     monkeypatch.setattr(svc, "clock", lambda: later)
     assert rest.post("/predict/single", example_body).json()["cached"] is False
-    assert len(calls) == 3
+    assert computed == [1, 1, 1]
+    # a batch reads the cache once for all its items and computes only the misses together
+    monkeypatch.setattr(svc, "clock", lambda: later + timedelta(seconds=10))
+    out = rest.post("/predict/batch", {"requests": [example_body, vary(example_body, 0.02), vary(example_body, 0.03)]})
+    assert [r["prediction"]["cached"] for r in out.json()["results"]] == [True, False, False]
+    assert computed == [1, 1, 1, 2]
 
 
 def test_predictions_table_outage_fails_cleanly(rest, example_body, monkeypatch):

@@ -9,6 +9,7 @@ experts when it can and the baseline profile otherwise, and says which one it us
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from .data import MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, Readings, Series, flat_r
 from .errors import (
     DataValidationError,
     ForecastUnavailableError,
+    InsufficientHistoryError,
     ModelIntegrityError,
     ModelNotFoundError,
     Problem,
@@ -118,8 +120,25 @@ class Forecaster:
         loads, unsupported resolution, less than a day) raise ``DataValidationError``; gaps and
         flatlines are allowed here and judged by ``_primary_blocker`` on the window the
         primary model reads, switching to the fallback (with the reason) when they touch it."""
-        series = validate(readings, min_days=1.0, flatline_hours=None, allow_gaps=True)
-        return self.forecast(series, self._future_temperature(series, future))
+        (result,) = self.forecast_many([(readings, future)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def forecast_many(self, inputs: Sequence[tuple[Readings, Readings | None]]) -> list[Forecast | DataValidationError]:
+        """``forecast_readings`` for many series at once: each one validated on its own (its
+        error is returned in its place), then one ``session.run`` for all the primary
+        forecasts and one for all the fallbacks."""
+        out: list[Forecast | DataValidationError | None] = [None] * len(inputs)
+        jobs: dict[int, _Job] = {}
+        for i, (readings, future) in enumerate(inputs):
+            try:
+                series = validate(readings, min_days=1.0, flatline_hours=None, allow_gaps=True)
+                jobs[i] = self._job(series, self._future_temperature(series, future), None)
+            except DataValidationError as exc:
+                out[i] = exc
+        self._run_jobs(jobs, out)
+        return [r for r in out if r is not None]
 
     @staticmethod
     def _future_temperature(series: Series, future: Readings | None) -> np.ndarray | None:
@@ -164,8 +183,16 @@ class Forecaster:
         future_temperature: np.ndarray | None = None,
         fallback_reason: str | None = None,
     ) -> Forecast:
+        out: list[Forecast | DataValidationError | None] = [None]
+        self._run_jobs({0: self._job(series, future_temperature, fallback_reason)}, out)
+        result = out[0]
+        if isinstance(result, Exception):
+            raise result
+        assert result is not None
+        return result
+
+    def _job(self, series: Series, future_temperature: np.ndarray | None, fallback_reason: str | None) -> _Job:
         S = DAY_S // series.step_s
-        n = series.n
         if future_temperature is not None and len(future_temperature) != S:
             raise DataValidationError(
                 [
@@ -177,41 +204,28 @@ class Forecaster:
                 ],
                 series.source,
             )
-        targets = np.arange(n, n + S, dtype="int64")
-        origins = np.full(S, n, dtype="int64")
-        ts = series.start + targets * np.timedelta64(series.step_s, "s")
-        notes: list[str] = []
+        targets = np.arange(series.n, series.n + S, dtype="int64")
+        origins = np.full(S, series.n, dtype="int64")
+        return _Job(series, future_temperature, targets, origins, fallback_reason or self._primary_blocker(series))
 
-        reason = fallback_reason or self._primary_blocker(series)
-        if reason is None:
+    def _run_jobs(self, jobs: dict[int, _Job], out: list[Forecast | DataValidationError | None]) -> None:
+        primary = {i: j for i, j in jobs.items() if j.reason is None}
+        if primary:
             try:
-                q, version = self._run_primary(series, future_temperature, targets, origins)
-                return Forecast(
-                    ts,
-                    q[:, 0],
-                    q[:, 1],
-                    q[:, 2],
-                    LOAD_FORECAST,
-                    version,
-                    series.resolution_minutes,
-                    None,
-                    notes,
-                )
+                version = self._run_primary(primary)
             except Exception as exc:  # any failure of the primary path degrades to the fallback
                 log.warning("primary forecast failed, using fallback: %s", exc)
-                reason = f"primary model failed: {exc}"
-        q, version = self._run_baseline(series, targets, origins)
-        return Forecast(
-            ts,
-            q[:, 0],
-            q[:, 1],
-            q[:, 2],
-            BASELINE_FORECAST,
-            version,
-            series.resolution_minutes,
-            reason,
-            notes,
-        )
+                for j in primary.values():
+                    j.reason = f"primary model failed: {exc}"
+            else:
+                for i, j in primary.items():
+                    if j.reason is None:
+                        out[i] = j.result(LOAD_FORECAST, version)
+        fallback = {i: j for i, j in jobs.items() if j.reason is not None}
+        if fallback:
+            version = self._run_baseline(fallback)
+            for i, j in fallback.items():
+                out[i] = j.error if j.error is not None else j.result(BASELINE_FORECAST, version)
 
     def _primary_blocker(self, series: Series) -> str | None:
         """Why the primary model cannot forecast this series, or None if it can."""
@@ -242,46 +256,98 @@ class Forecaster:
             )
         return None
 
-    def _run_primary(
-        self,
-        series: Series,
-        future_temperature: np.ndarray | None,
-        targets: np.ndarray,
-        origins: np.ndarray,
-    ) -> tuple[np.ndarray, str]:
+    def _run_primary(self, jobs: dict[int, _Job]) -> str:
+        """All jobs' feature rows through the primary model in one run. A job whose features
+        or output are unusable gets a fallback reason; a model failure raises."""
         model = self.models.get(LOAD_FORECAST)
         assert model is not None
         if list(model.meta.features) != list(FEATURE_NAMES):
             raise ModelIntegrityError(
                 f"{LOAD_FORECAST} expects features {model.meta.features}, code builds {list(FEATURE_NAMES)}"
             )
-        S = targets.shape[0]
-        temp = None
-        if series.temperature is not None or future_temperature is not None:
-            past = series.temperature if series.temperature is not None else np.full(series.n, np.nan)
-            fut = future_temperature if future_temperature is not None else np.full(S, np.nan)
-            temp = np.concatenate([past, np.asarray(fut, dtype="float64")])
-        fb = build_features(series.load, temp, series.start, series.step_s, targets, origins, self.calendar)
-        if not fb.valid.all():
-            raise ValueError("history too short to compute the load level")
-        q = model.run({"features": fb.X, "scale": fb.scale.astype("float32")[:, None]}, ["quantiles"])[0]
-        q = tidy_quantiles(np.asarray(q, dtype="float64"))
-        if not np.isfinite(q).all():
-            raise ValueError("non-finite output")
-        return q, model.meta.version
+        Xs, scales, used = [], [], []
+        for j in jobs.values():
+            series, S = j.series, j.targets.shape[0]
+            temp = None
+            if series.temperature is not None or j.future_temperature is not None:
+                past = series.temperature if series.temperature is not None else np.full(series.n, np.nan)
+                fut = j.future_temperature if j.future_temperature is not None else np.full(S, np.nan)
+                temp = np.concatenate([past, np.asarray(fut, dtype="float64")])
+            fb = build_features(series.load, temp, series.start, series.step_s, j.targets, j.origins, self.calendar)
+            if not fb.valid.all():
+                j.reason = "primary model failed: history too short to compute the load level"
+                continue
+            Xs.append(fb.X)
+            scales.append(fb.scale)
+            used.append(j)
+        if not used:
+            return model.meta.version
+        X = Xs[0] if len(Xs) == 1 else np.concatenate(Xs)
+        scale = (scales[0] if len(scales) == 1 else np.concatenate(scales)).astype("float32")[:, None]
+        q = tidy_quantiles(np.asarray(model.run({"features": X, "scale": scale}, ["quantiles"])[0], dtype="float64"))
+        at = 0
+        for j in used:
+            part = q[at : at + j.targets.shape[0]]
+            at += j.targets.shape[0]
+            if np.isfinite(part).all():
+                j.q = part
+            else:
+                j.reason = "primary model failed: non-finite output"
+        return model.meta.version
 
-    def _run_baseline(self, series: Series, targets: np.ndarray, origins: np.ndarray) -> tuple[np.ndarray, str]:
+    def _run_baseline(self, jobs: dict[int, _Job]) -> str:
+        """All jobs through the fallback profile in one run."""
         model = self.models.get(BASELINE_FORECAST)
         if model is None:
             raise ForecastUnavailableError(
                 f"no forecast possible: {BASELINE_FORECAST} not loaded ({self.models.errors.get(BASELINE_FORECAST)})"
             )
-        lags = baseline_lags(series.load, series.step_s, targets, origins)
-        hour = ((targets * series.step_s + _secs(series.start)) % DAY_S / 3600.0).astype("float32")[:, None]
-        q = tidy_quantiles(np.asarray(model.run({"lags": lags, "hour": hour}, ["quantiles"])[0], dtype="float64"))
-        if not np.isfinite(q).all():
-            raise ForecastUnavailableError("no forecast possible: the fallback needs at least one full day of history")
-        return q, model.meta.version
+        lags, hours = [], []
+        for j in jobs.values():
+            s = j.series
+            lags.append(baseline_lags(s.load, s.step_s, j.targets, j.origins))
+            hours.append(((j.targets * s.step_s + _secs(s.start)) % DAY_S / 3600.0).astype("float32")[:, None])
+        feeds = {"lags": np.concatenate(lags), "hour": np.concatenate(hours)}
+        q = tidy_quantiles(np.asarray(model.run(feeds, ["quantiles"])[0], dtype="float64"))
+        at = 0
+        for j in jobs.values():
+            part = q[at : at + j.targets.shape[0]]
+            at += j.targets.shape[0]
+            if np.isfinite(part).all():
+                j.q = part
+            else:
+                j.error = InsufficientHistoryError(
+                    [
+                        Problem(
+                            "insufficient_history",
+                            "no forecast possible: the fallback needs at least one full day of readings "
+                            "without gaps at the same time of day",
+                            field_name="load",
+                        )
+                    ],
+                    j.series.source,
+                )
+        return model.meta.version
+
+
+@dataclass
+class _Job:
+    """One series on its way through ``Forecaster._run_jobs``."""
+
+    series: Series
+    future_temperature: np.ndarray | None
+    targets: np.ndarray
+    origins: np.ndarray
+    reason: str | None  # why not the primary model; None = primary
+    q: np.ndarray | None = None  # [S, 3] quantiles once run
+    error: DataValidationError | None = None
+
+    def result(self, model: str, version: str) -> Forecast:
+        assert self.q is not None
+        s = self.series
+        ts = s.start + self.targets * np.timedelta64(s.step_s, "s")
+        q = self.q
+        return Forecast(ts, q[:, 0], q[:, 1], q[:, 2], model, version, s.resolution_minutes, self.reason, [])
 
 
 def _secs(t: np.datetime64) -> int:

@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
+from cachetools import TLRUCache
 
 from .anomaly import detect as run_detect
 from .config import Settings
@@ -37,7 +38,7 @@ from .errors import (
     Problem,
 )
 from .features import HolidayCalendar
-from .forecast import Forecaster, ModelSet
+from .forecast import Forecast, Forecaster, ModelSet
 from .observability import (
     CACHE_ERRORS_TOTAL,
     FALLBACK_FORECASTS_TOTAL,
@@ -143,13 +144,17 @@ class HealthReport:
 class Store(Protocol):
     """What the service needs from persistence (``smartgrid.store.dynamo.DynamoStore``)."""
 
-    def save_predictions(self, records: list[PredictionRecord]) -> None: ...
+    def save_predictions(
+        self,
+        records: list[PredictionRecord],
+        cache: dict[str, dict[str, Any]] | None = None,
+        now: datetime | None = None,
+    ) -> bool: ...
     def delete_predictions(self, records: list[PredictionRecord]) -> None: ...
     def get_predictions(self, user_id: str, prediction_ids: list[str]) -> dict[str, PredictionRecord]: ...
     def list_predictions(self, user_id: str, since: datetime | None, limit: int, cursor: str | None) -> Page: ...
     def merge_actuals(self, user_id: str, prediction_id: str, values: dict[str, float], now: datetime) -> dict: ...
-    def cache_get(self, key: str, now: datetime) -> dict[str, Any] | None: ...
-    def cache_put(self, key: str, value: dict[str, Any], now: datetime) -> None: ...
+    def cache_get_many(self, keys: list[str], now: datetime) -> dict[str, tuple[float, dict[str, Any]]]: ...
     def claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim: ...
     def complete(self, user_id: str, key: str, errors: dict[str, Any] | None) -> None: ...
     def release(self, user_id: str, key: str) -> None: ...
@@ -192,6 +197,11 @@ class PredictionService:
         # Part of every cache key: a new model set (or calendar) never serves old forecasts.
         self._model_key = digest([versions, settings.holiday_country, settings.holiday_subdivision])
         self._pool: ThreadPoolExecutor | None = None
+        # The cache's first tier: this container's memory (entry -> (valid until, value)),
+        # in front of the shared cache table. Bounded; entries expire with their validity.
+        self._memory: TLRUCache[str, tuple[float, dict[str, Any]]] = TLRUCache(
+            maxsize=2048, ttu=lambda _k, v, _now: v[0], timer=lambda: self.clock().timestamp()
+        )
 
     @cached_property
     def store(self) -> Store:
@@ -207,32 +217,38 @@ class PredictionService:
         request_digest: str | None = None,
     ) -> list[ItemOutcome]:
         """Forecast every input; per-item validation errors are returned, not raised.
-        All predictions of the request are written, or none (``DependencyUnavailableError``)."""
+        All predictions of the request are written, or none (``DependencyUnavailableError``).
+        Batches are batched all the way: one cache read (BatchGetItem), one model run, and
+        writes of 25 items a call."""
         now = self.clock()
         claim: Claim | None = None
         if idempotency_key is not None:
             claim = self._claim(user_id, idempotency_key, request_digest or "", len(inputs), now)
             if claim.completed:
                 return self._replay(user_id, claim)
-        outcomes: list[ItemOutcome] = []
-        records: list[PredictionRecord] = []
         try:
-            for i, item in enumerate(inputs):
-                pid = claim.prediction_ids[i] if claim else new_prediction_id(now)
-                try:
-                    rec = self._forecast_one(user_id, pid, item, now, idempotency_key)
-                except DataValidationError as exc:
-                    outcomes.append(ItemOutcome(i, error=exc))
+            keys = [digest([self._model_key, item.canonical()]) for item in inputs]
+            found = self._cache_get(keys, now)
+            todo = [i for i, k in enumerate(keys) if k not in found]
+            computed = dict(zip(todo, self._compute([inputs[i] for i in todo]), strict=True))
+            fresh: dict[str, dict[str, Any]] = {}
+            outcomes: list[ItemOutcome] = []
+            records: list[PredictionRecord] = []
+            for i, (item, key) in enumerate(zip(inputs, keys, strict=True)):
+                result = found.get(key) if i not in computed else computed[i]
+                if isinstance(result, DataValidationError):
+                    outcomes.append(ItemOutcome(i, error=result))
                     continue
+                assert result is not None
+                if i in computed:
+                    fresh[key] = result
+                pid = claim.prediction_ids[i] if claim else new_prediction_id(now)
+                rec = self._record(user_id, pid, key, item, result, "computed" if i in computed else "cache", now)
+                rec.idempotency_key = idempotency_key
                 records.append(rec)
                 outcomes.append(ItemOutcome(i, record=rec))
             if records:
-                try:
-                    self.store.save_predictions(records)
-                except Exception as exc:
-                    logger.exception("saving predictions failed")
-                    self._undo(records)
-                    raise DependencyUnavailableError("the predictions table is unavailable; nothing was saved") from exc
+                self._save(records, fresh, now)
         except BaseException:
             if claim is not None:
                 self._release(user_id, idempotency_key or "")
@@ -247,18 +263,9 @@ class PredictionService:
                 logger.exception("completing the idempotency record failed")
         return outcomes
 
-    def _forecast_one(
-        self, user_id: str, pid: str, item: SeriesInput, now: datetime, idempotency_key: str | None
+    def _record(
+        self, user_id: str, pid: str, key: str, item: SeriesInput, fc: dict[str, Any], source: str, now: datetime
     ) -> PredictionRecord:
-        key = digest([self._model_key, item.canonical()])
-        cached = self._cache_get(key, now)
-        if cached is not None:
-            fc = cached
-            source = "cache"
-        else:
-            fc = self._compute(item)
-            source = "computed"
-            self._cache_put(key, fc, now)
         if fc["model"] != LOAD_FORECAST:
             metrics.add_metric(name=FALLBACK_FORECASTS_TOTAL, unit="Count", value=1)
         return PredictionRecord(
@@ -276,55 +283,75 @@ class PredictionService:
             p50=fc["p50"],
             p90=fc["p90"],
             site_id=item.site_id,
-            idempotency_key=idempotency_key,
             expires_at=now + timedelta(days=self.settings.prediction_retention_days),
         )
 
-    def _compute(self, item: SeriesInput) -> dict[str, Any]:
-        readings = readings_from_records(item.timestamps, item.load, item.temperature, source="history")
-        future = None
-        if item.forecast_timestamps is not None and item.forecast_temperature is not None:
-            future = readings_from_records(
-                item.forecast_timestamps,
-                [0.0] * len(item.forecast_timestamps),
-                item.forecast_temperature,
-                source="temperature_forecast",
-            )
+    def _compute(self, items: list[SeriesInput]) -> list[dict[str, Any] | DataValidationError]:
+        if not items:
+            return []
+        prepared: list[tuple[int, tuple[Readings, Readings | None]]] = []
+        out: list[dict[str, Any] | DataValidationError | None] = [None] * len(items)
+        for i, item in enumerate(items):
+            try:
+                readings = readings_from_records(item.timestamps, item.load, item.temperature, source="history")
+                future = None
+                if item.forecast_timestamps is not None and item.forecast_temperature is not None:
+                    future = readings_from_records(
+                        item.forecast_timestamps,
+                        [0.0] * len(item.forecast_timestamps),
+                        item.forecast_temperature,
+                        source="temperature_forecast",
+                    )
+                prepared.append((i, (readings, future)))
+            except DataValidationError as exc:
+                out[i] = exc
         t0 = time.perf_counter()
         try:
-            fc = self.forecaster.forecast_readings(readings, future)
+            results = self.forecaster.forecast_many([p for _, p in prepared])
         except ForecastUnavailableError as exc:
             raise DependencyUnavailableError(str(exc)) from exc
         metrics.add_metric(
             name=MODEL_INFERENCE_DURATION_SECONDS, unit="Seconds", value=round(time.perf_counter() - t0, 6)
         )
-        return {
-            "model": fc.model,
-            "model_version": fc.model_version,
-            "fallback_reason": fc.fallback_reason,
-            "resolution_minutes": fc.resolution_minutes,
-            "timestamps": [iso(t) for t in fc.timestamps],
-            "p10": _round(fc.p10),
-            "p50": _round(fc.p50),
-            "p90": _round(fc.p90),
-        }
+        for (i, _), fc in zip(prepared, results, strict=True):
+            out[i] = fc if isinstance(fc, DataValidationError) else _forecast_json(fc)
+        return [r for r in out if r is not None]
 
-    def _cache_get(self, key: str, now: datetime) -> dict[str, Any] | None:
+    def _cache_get(self, keys: list[str], now: datetime) -> dict[str, dict[str, Any]]:
+        """Valid entries for ``keys``: this container's memory first, then the cache table."""
         if self.settings.cache_ttl_s <= 0:
-            return None
-        try:
-            return self.store.cache_get(key, now)
-        except Exception as exc:
-            self._cache_failed("read", exc)
-            return None
+            return {}
+        t = now.timestamp()
+        found: dict[str, dict[str, Any]] = {}
+        for k in keys:
+            hit = self._memory.get(k)
+            if hit is not None and hit[0] >= t:
+                found[k] = hit[1]
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        if missing:
+            try:
+                shared = self.store.cache_get_many(missing, now)
+            except Exception as exc:
+                self._cache_failed("read", exc)
+                shared = {}
+            for k, (until, value) in shared.items():
+                self._memory[k] = (until, value)
+                found[k] = value
+        return found
 
-    def _cache_put(self, key: str, value: dict[str, Any], now: datetime) -> None:
-        if self.settings.cache_ttl_s <= 0:
-            return
+    def _save(self, records: list[PredictionRecord], fresh: dict[str, dict[str, Any]], now: datetime) -> None:
+        cache = fresh if self.settings.cache_ttl_s > 0 else {}
         try:
-            self.store.cache_put(key, value, now)
+            cached = self.store.save_predictions(records, cache, now)
         except Exception as exc:
-            self._cache_failed("write", exc)
+            logger.exception("saving predictions failed")
+            self._undo(records)
+            raise DependencyUnavailableError("the predictions table is unavailable; nothing was saved") from exc
+        if cache and not cached:
+            self._cache_failed("write", RuntimeError("cache table write failed"))
+        until = now.timestamp() + self.settings.cache_ttl_s
+        for k, v in cache.items():
+            self._memory[k] = (until, v)
 
     @staticmethod
     def _cache_failed(op: str, exc: Exception) -> None:
@@ -537,6 +564,19 @@ class PredictionService:
             timestamp=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
             models=loaded,
         )
+
+
+def _forecast_json(fc: Forecast) -> dict[str, Any]:
+    return {
+        "model": fc.model,
+        "model_version": fc.model_version,
+        "fallback_reason": fc.fallback_reason,
+        "resolution_minutes": fc.resolution_minutes,
+        "timestamps": [iso(t) for t in fc.timestamps],
+        "p10": _round(fc.p10),
+        "p50": _round(fc.p50),
+        "p90": _round(fc.p90),
+    }
 
 
 def _problems_json(exc: DataValidationError | None) -> list[dict[str, Any]]:

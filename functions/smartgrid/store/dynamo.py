@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,11 +15,12 @@ from pynamodb.expressions.update import Action
 
 from ..config import Settings
 from ..errors import ConflictError, DataValidationError, Problem
-from ..observability import trace_aws_sdk
+from ..observability import logger, trace_aws_sdk
 from ..service import Claim, Page, PredictionRecord, new_prediction_id
 from .tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem, bind
 
 _HEALTH_KEY = "__health__"
+_MAX_UNPROCESSED_RETRIES = 5
 
 
 def _epoch(dt: datetime) -> int:
@@ -83,13 +85,46 @@ class DynamoStore:
         bind(settings)
 
     # -- predictions
-    def save_predictions(self, records: list[PredictionRecord]) -> None:
-        if len(records) == 1:
-            _to_item(records[0]).save()
-            return
-        with PredictionItem.batch_write() as batch:
-            for rec in records:
-                batch.save(_to_item(rec))
+    def save_predictions(
+        self,
+        records: list[PredictionRecord],
+        cache: dict[str, dict[str, Any]] | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Write the predictions, and the new cache entries in the same BatchWriteItem calls
+        (one call for a single prediction). Returns whether the cache entries were written: a
+        cache-table failure is retried without them, a predictions-table failure raises."""
+        preds = [_to_item(r).serialize() for r in records]
+        if cache:
+            entries = [self._cache_item(k, v, now or datetime.now(UTC)).serialize() for k, v in cache.items()]
+            try:
+                self._put_all(
+                    [(PredictionItem.Meta.table_name, m) for m in preds]
+                    + [(CacheItem.Meta.table_name, m) for m in entries]
+                )
+                return True
+            except Exception as exc:
+                logger.warning(
+                    "writing with the cache failed; writing the predictions alone", extra={"error": repr(exc)}
+                )
+        self._put_all([(PredictionItem.Meta.table_name, m) for m in preds])
+        return not cache
+
+    def _put_all(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """BatchWriteItem over any of our tables, 25 items a call, unprocessed items retried."""
+        conn = PredictionItem._get_connection().connection
+        for lo in range(0, len(items), 25):
+            request: dict[str, list[dict[str, Any]]] = {}
+            for table, item in items[lo : lo + 25]:
+                request.setdefault(table, []).append({"PutRequest": {"Item": item}})
+            for attempt in range(_MAX_UNPROCESSED_RETRIES + 1):
+                response = conn.dispatch("BatchWriteItem", {"RequestItems": request})
+                request = response.get("UnprocessedItems") or {}
+                if not request:
+                    break
+                if attempt == _MAX_UNPROCESSED_RETRIES:
+                    raise RuntimeError(f"DynamoDB left {sum(map(len, request.values()))} item(s) unprocessed")
+                time.sleep(min(0.05 * 2**attempt, 1.0))
 
     def delete_predictions(self, records: list[PredictionRecord]) -> None:
         with PredictionItem.batch_write() as batch:
@@ -153,24 +188,26 @@ class DynamoStore:
         raise ConflictError("actuals for this prediction are being written concurrently; retry", "concurrent_update")
 
     # -- cache
-    def cache_get(self, key: str, now: datetime) -> dict[str, Any] | None:
-        try:
-            item = CacheItem.get(key)
-        except DoesNotExist:
-            return None
-        if item.valid_until < now.timestamp():
-            return None
-        value: dict[str, Any] = item.value
-        return value
+    def cache_get_many(self, keys: list[str], now: datetime) -> dict[str, tuple[float, dict[str, Any]]]:
+        """Entries still valid at ``now``: key -> (valid_until, value)."""
+        if len(keys) == 1:
+            try:
+                items = [CacheItem.get(keys[0])]
+            except DoesNotExist:
+                items = []
+        else:
+            items = list(CacheItem.batch_get(list(dict.fromkeys(keys))))
+        t = now.timestamp()
+        return {it.key: (float(it.valid_until), it.value) for it in items if it.valid_until >= t}
 
-    def cache_put(self, key: str, value: dict[str, Any], now: datetime) -> None:
+    def _cache_item(self, key: str, value: dict[str, Any], now: datetime) -> CacheItem:
         valid_until = now.timestamp() + self.settings.cache_ttl_s
-        CacheItem(
+        return CacheItem(
             key,
             value=value,
             valid_until=valid_until,
             expires_at=datetime.fromtimestamp(valid_until, UTC) + timedelta(hours=1),
-        ).save()
+        )
 
     # -- idempotency (the pattern of Powertools' idempotency utility, as conditional writes)
     def claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim:
