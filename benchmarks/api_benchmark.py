@@ -401,11 +401,14 @@ def profile_split(stats: Any, measured_s: float, calls: int) -> dict[str, Any]:
         return sum(v[3] for (f, _, name), v in raw.items() if match(f.replace("\\", "/"), name))
 
     parts = {
-        "dynamodb_cache_get": lambda f, n: f.endswith("smartgrid/store/dynamo.py") and n == "cache_get",
-        "dynamodb_cache_put": lambda f, n: f.endswith("smartgrid/store/dynamo.py") and n == "cache_put",
-        "dynamodb_save_predictions": lambda f, n: f.endswith("smartgrid/store/dynamo.py") and n == "save_predictions",
+        "dynamodb_cache_read (GetItem / BatchGetItem)": lambda f, n: (
+            f.endswith("smartgrid/store/dynamo.py") and n == "cache_get_many"
+        ),
+        "dynamodb_save (predictions + cache entries, BatchWriteItem)": lambda f, n: (
+            f.endswith("smartgrid/store/dynamo.py") and n == "save_predictions"
+        ),
         "forecast_total (validate, features, session.run)": lambda f, n: (
-            f.endswith("smartgrid/forecast.py") and n == "forecast_readings"
+            f.endswith("smartgrid/forecast.py") and n == "forecast_many"
         ),
         "onnxruntime_session_run": lambda f, n: f.endswith("onnxruntime_inference_collection.py") and n == "run",
         "build_features": lambda f, n: f.endswith("smartgrid/features.py") and n == "build_features",

@@ -545,13 +545,23 @@ def test_logs_and_emf_metrics(rest, example_body, capsys):
 
 
 def test_importing_the_handler_does_not_import_the_aws_sdk():
-    """Cold start: boto3/botocore/pynamodb load on the first request that needs DynamoDB."""
+    """Cold start: boto3/botocore/pynamodb load on the first request that needs DynamoDB, and
+    the X-Ray SDK only when tracing is on, even though every invocation opens a subsegment."""
     import subprocess
     import sys
 
-    code = (
-        "import sys, smartgrid.api.handler as h; "
-        "print(sorted(m for m in ('boto3', 'botocore.client', 'pynamodb', 'aws_xray_sdk.core') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    code = """
+import sys, json
+import smartgrid.api.handler as h
+from tests.apigw import LambdaContext, rest_event
+heavy = ('boto3', 'botocore.client', 'pynamodb.connection', 'aws_xray_sdk.core')
+before = sorted(m for m in heavy if m in sys.modules)
+r = h.handler(rest_event('GET', '/models', None, {}, None), LambdaContext())
+after = sorted(m for m in heavy if m in sys.modules)
+print(json.dumps([before, after, r['statusCode']]))
+"""
+    root = str(__import__("pathlib").Path(__file__).parent.parent)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    before, after, status = json.loads(out.stdout.strip().splitlines()[-1])
+    assert status == 401
+    assert before == [] and after == [], out.stdout + out.stderr

@@ -12,11 +12,12 @@ POWERTOOLS_METRICS_NAMESPACE (set by the CDK app from the same constants), defau
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.tracing.base import BaseProvider
+from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
 SERVICE = "smartgrid"
 NAMESPACE = "Smartgrid"
@@ -33,12 +34,26 @@ CACHE_ERRORS_TOTAL = "cache_errors_total"
 FALLBACK_FORECASTS_TOTAL = "fallback_forecasts_total"
 
 
+class _NoSegment(BaseSegment):
+    """What a disabled tracer records into: nothing."""
+
+    def close(self, end_time: int | None = None) -> None: ...
+    def add_subsegment(self, subsegment: Any) -> None: ...
+    def remove_subsegment(self, subsegment: Any) -> None: ...
+    def put_annotation(self, key: str, value: Any) -> None: ...
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None: ...
+    def add_exception(self, exception: BaseException, stack: Any, remote: bool = False) -> None: ...
+
+
 class LazyXrayProvider(BaseProvider):
     """The X-Ray recorder, imported when a trace is first recorded (configured as Powertools
-    configures it: subsegments streamed one by one)."""
+    configures it: subsegments streamed one by one). While tracing is disabled (locally, in
+    tests, or by POWERTOOLS_TRACE_DISABLED) it is never imported: Powertools still opens a
+    subsegment per invocation and relies on the SDK to ignore it."""
 
     def __init__(self) -> None:
         self._recorder: Any = None
+        self.disabled = False
 
     @property
     def recorder(self) -> Any:
@@ -50,16 +65,22 @@ class LazyXrayProvider(BaseProvider):
         return self._recorder
 
     def in_subsegment(self, name: Any = None, **kwargs: Any) -> Any:
+        if self.disabled:
+            return contextlib.nullcontext(_NoSegment())
         return self.recorder.in_subsegment(name=name, **kwargs)
 
     def in_subsegment_async(self, name: Any = None, **kwargs: Any) -> Any:
+        if self.disabled:
+            return contextlib.nullcontext(_NoSegment())
         return self.recorder.in_subsegment_async(name=name, **kwargs)
 
     def put_annotation(self, key: str, value: Any) -> None:
-        self.recorder.put_annotation(key=key, value=value)
+        if not self.disabled:
+            self.recorder.put_annotation(key=key, value=value)
 
     def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
-        self.recorder.put_metadata(key=key, value=value, namespace=namespace)
+        if not self.disabled:
+            self.recorder.put_metadata(key=key, value=value, namespace=namespace)
 
     def patch(self, modules: Sequence[str]) -> None:
         from aws_xray_sdk.core import patch
@@ -76,7 +97,9 @@ class LazyXrayProvider(BaseProvider):
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
-tracer = Tracer(service=SERVICE, auto_patch=False, provider=LazyXrayProvider())
+_provider = LazyXrayProvider()
+tracer = Tracer(service=SERVICE, auto_patch=False, provider=_provider)
+_provider.disabled = bool(tracer.disabled)
 
 _patched = False
 

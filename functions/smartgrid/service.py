@@ -200,7 +200,7 @@ class PredictionService:
         # The cache's first tier: this container's memory (entry -> (valid until, value)),
         # in front of the shared cache table. Bounded; entries expire with their validity.
         self._memory: TLRUCache[str, tuple[float, dict[str, Any]]] = TLRUCache(
-            maxsize=2048, ttu=lambda _k, v, _now: v[0], timer=lambda: self.clock().timestamp()
+            maxsize=1024, ttu=lambda _k, v, _now: v[0], timer=lambda: self.clock().timestamp()
         )
 
     @cached_property
