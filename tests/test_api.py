@@ -208,6 +208,7 @@ def test_compact_history_equals_full_form(rest, example_body):
     b = rest.post("/predict/single", full)
     assert a.status == 200 and b.status == 200, (a.text, b.text)
     assert a.json()["forecast"] == b.json()["forecast"]
+    assert b.json()["cached"] is True  # the cache keys the parsed readings, not their spelling
     both = rest.post("/predict/single", {"history": {**full["history"], "start": h["timestamps"][0]}})
     assert both.status == 422 and "not both" in both.text
 

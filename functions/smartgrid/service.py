@@ -21,7 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from cachetools import TLRUCache
@@ -66,15 +66,6 @@ class SeriesInput:
     forecast_timestamps: Sequence[str] | None = None  # temperature forecast for the next day
     forecast_temperature: Sequence[float] | None = None
     site_id: str | None = None
-
-    def canonical(self) -> dict[str, Any]:
-        return {
-            "timestamps": [str(t) for t in self.timestamps],
-            "load": list(self.load),
-            "temperature": None if self.temperature is None else list(self.temperature),
-            "forecast_timestamps": None if self.forecast_timestamps is None else list(self.forecast_timestamps),
-            "forecast_temperature": None if self.forecast_temperature is None else list(self.forecast_temperature),
-        }
 
 
 @dataclass
@@ -163,6 +154,9 @@ class Store(Protocol):
     def ping_cache(self) -> None: ...
 
 
+_Parsed = tuple[Readings, Readings | None]
+
+
 def new_prediction_id(now: datetime) -> str:
     from ulid import ULID
 
@@ -227,19 +221,21 @@ class PredictionService:
             if claim.completed:
                 return self._replay(user_id, claim)
         try:
-            keys = [digest([self._model_key, item.canonical()]) for item in inputs]
-            found = self._cache_get(keys, now)
-            todo = [i for i, k in enumerate(keys) if k not in found]
-            computed = dict(zip(todo, self._compute([inputs[i] for i in todo]), strict=True))
+            parsed = [self._parse(item) for item in inputs]
+            keys = [None if isinstance(p, DataValidationError) else self._cache_key(*p) for p in parsed]
+            found = self._cache_get([k for k in keys if k is not None], now)
+            todo = [i for i, k in enumerate(keys) if k is not None and k not in found]
+            computed = dict(zip(todo, self._forecast([cast(_Parsed, parsed[i]) for i in todo]), strict=True))
             fresh: dict[str, dict[str, Any]] = {}
             outcomes: list[ItemOutcome] = []
             records: list[PredictionRecord] = []
             for i, (item, key) in enumerate(zip(inputs, keys, strict=True)):
-                result = found.get(key) if i not in computed else computed[i]
+                p = parsed[i]
+                result = p if isinstance(p, DataValidationError) else computed[i] if i in computed else found[key or ""]
                 if isinstance(result, DataValidationError):
                     outcomes.append(ItemOutcome(i, error=result))
                     continue
-                assert result is not None
+                assert key is not None
                 if i in computed:
                     fresh[key] = result
                 pid = claim.prediction_ids[i] if claim else new_prediction_id(now)
@@ -286,36 +282,49 @@ class PredictionService:
             expires_at=now + timedelta(days=self.settings.prediction_retention_days),
         )
 
-    def _compute(self, items: list[SeriesInput]) -> list[dict[str, Any] | DataValidationError]:
+    @staticmethod
+    def _parse(item: SeriesInput) -> _Parsed | DataValidationError:
+        try:
+            readings = readings_from_records(item.timestamps, item.load, item.temperature, source="history")
+            future = None
+            if item.forecast_timestamps is not None and item.forecast_temperature is not None:
+                future = readings_from_records(
+                    item.forecast_timestamps,
+                    [0.0] * len(item.forecast_timestamps),
+                    item.forecast_temperature,
+                    source="temperature_forecast",
+                )
+        except DataValidationError as exc:
+            return exc
+        return readings, future
+
+    def _cache_key(self, readings: Readings, future: Readings | None) -> str:
+        """Digest of the parsed inputs (so ``...Z``, offsets and the compact form of the same
+        readings share an entry) and of the model set and calendar that answer them."""
+        h = hashlib.sha256(self._model_key.encode())
+        for r in (readings, future):
+            if r is None:
+                h.update(b"|none")
+                continue
+            h.update(b"|%d|" % len(r))
+            h.update(np.ascontiguousarray(r.timestamps, dtype="datetime64[s]").tobytes())
+            h.update(np.ascontiguousarray(r.load, dtype="float64").tobytes())
+            t = r.temperature
+            h.update(b"|t" + np.ascontiguousarray(t, dtype="float64").tobytes() if t is not None else b"|n")
+        return h.hexdigest()
+
+    def _forecast(self, items: list[_Parsed]) -> list[dict[str, Any] | DataValidationError]:
         if not items:
             return []
-        prepared: list[tuple[int, tuple[Readings, Readings | None]]] = []
-        out: list[dict[str, Any] | DataValidationError | None] = [None] * len(items)
-        for i, item in enumerate(items):
-            try:
-                readings = readings_from_records(item.timestamps, item.load, item.temperature, source="history")
-                future = None
-                if item.forecast_timestamps is not None and item.forecast_temperature is not None:
-                    future = readings_from_records(
-                        item.forecast_timestamps,
-                        [0.0] * len(item.forecast_timestamps),
-                        item.forecast_temperature,
-                        source="temperature_forecast",
-                    )
-                prepared.append((i, (readings, future)))
-            except DataValidationError as exc:
-                out[i] = exc
         t0 = time.perf_counter()
         try:
-            results = self.forecaster.forecast_many([p for _, p in prepared])
+            results = self.forecaster.forecast_many(items)
         except ForecastUnavailableError as exc:
             raise DependencyUnavailableError(str(exc)) from exc
         metrics.add_metric(
             name=MODEL_INFERENCE_DURATION_SECONDS, unit="Seconds", value=round(time.perf_counter() - t0, 6)
         )
-        for (i, _), fc in zip(prepared, results, strict=True):
-            out[i] = fc if isinstance(fc, DataValidationError) else _forecast_json(fc)
-        return [r for r in out if r is not None]
+        return [fc if isinstance(fc, DataValidationError) else _forecast_json(fc) for fc in results]
 
     def _cache_get(self, keys: list[str], now: datetime) -> dict[str, dict[str, Any]]:
         """Valid entries for ``keys``: this container's memory first, then the cache table."""
