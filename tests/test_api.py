@@ -566,3 +566,44 @@ print(json.dumps([before, after, r['statusCode']]))
     before, after, status = json.loads(out.stdout.strip().splitlines()[-1])
     assert status == 401
     assert before == [] and after == [], out.stdout + out.stderr
+
+
+def test_wire_format_shortcut_matches_pynamodb(aws):
+    """The store writes items through the attributes' own serializers without building model
+    instances; the result must be exactly what pynamodb's ``Model.serialize`` produces."""
+    from smartgrid.service import PredictionRecord
+    from smartgrid.store.dynamo import _prediction_map
+
+    now = datetime(2026, 11, 28, 10, 0, 0, 123000, tzinfo=UTC)
+    rec = PredictionRecord(
+        user_id="alice",
+        prediction_id="01" + "A" * 24,
+        created_at=now,
+        inputs_digest="d" * 64,
+        model="load_forecast",
+        model_version="v1",
+        fallback_reason=None,
+        resolution_minutes=60,
+        source="computed",
+        timestamps=["2026-11-29T00:00:00Z"],
+        p10=[1.0],
+        p50=[2.5],
+        p90=[3.0],
+        site_id=None,
+        idempotency_key="k",
+        expires_at=now + timedelta(days=400),
+    )
+    item = PredictionItem(
+        "alice",
+        rec.prediction_id,
+        created_at=now,
+        inputs_digest=rec.inputs_digest,
+        model=rec.model,
+        model_version=rec.model_version,
+        resolution_minutes=60,
+        source="computed",
+        idempotency_key="k",
+        forecast=rec.forecast_dict(),
+        expires_at=rec.expires_at,
+    )
+    assert _prediction_map(rec) == item.serialize()

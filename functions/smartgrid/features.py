@@ -82,7 +82,11 @@ class HolidayCalendar:
             raise ValueError(f"unknown holiday calendar: country {country!r}, subdivision {subdivision!r}") from exc
 
     def is_holiday(self, days: np.ndarray) -> np.ndarray:
-        return np.isin(days.astype("datetime64[D]").astype("int64"), self._days)
+        d = days.astype("datetime64[D]").astype("int64")
+        if not self._days.size:
+            return np.zeros(d.shape, dtype=bool)
+        i = np.minimum(np.searchsorted(self._days, d), self._days.size - 1)  # _days is sorted
+        return self._days[i] == d
 
 
 HOLIDAY_YEARS = range(1990, 2051)

@@ -168,7 +168,8 @@ def digest(obj: Any) -> str:
 
 
 def _round(values: np.ndarray) -> list[float]:
-    return [round(float(v), 3) for v in values]
+    rounded: list[float] = np.round(np.asarray(values, dtype="float64"), 3).tolist()
+    return rounded
 
 
 # ---------------------------------------------------------------------------- service
@@ -581,7 +582,7 @@ def _forecast_json(fc: Forecast) -> dict[str, Any]:
         "model_version": fc.model_version,
         "fallback_reason": fc.fallback_reason,
         "resolution_minutes": fc.resolution_minutes,
-        "timestamps": [iso(t) for t in fc.timestamps],
+        "timestamps": [t + "Z" for t in np.datetime_as_string(fc.timestamps, unit="s").tolist()],
         "p10": _round(fc.p10),
         "p50": _round(fc.p50),
         "p90": _round(fc.p90),
