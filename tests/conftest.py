@@ -119,6 +119,7 @@ def lambda_handler(aws):
     svc = module.app.state.service
     svc.clock = utcnow
     svc._memory.clear()  # the container's in-memory cache tier outlives a test's moto tables
+    svc._cache_down_until = 0.0  # and so would a cache outage seen by an earlier test
     return module.handler
 
 

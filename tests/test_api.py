@@ -70,7 +70,7 @@ def test_health_ok_without_key(client):
     assert elapsed < 5  # generous: shared CI machine; the bound itself is checked below
 
 
-def test_health_degraded_when_cache_down(rest, example_body):
+def test_health_degraded_when_cache_down(rest, example_body, service, monkeypatch):
     CacheItem.delete_table()
     r = rest.get("/health", user=None)
     assert r.status == 200
@@ -81,6 +81,13 @@ def test_health_degraded_when_cache_down(rest, example_body):
     assert p.status == 200, p.text
     assert p.json()["cached"] is False
     assert len(stored("alice")) == 1
+    # after a failure the cache is skipped for a while instead of failing on every request
+    from smartgrid.store.dynamo import DynamoStore
+
+    calls = []
+    monkeypatch.setattr(DynamoStore, "cache_get_many", lambda *a: calls.append(1) or {})
+    assert rest.post("/predict/single", vary(example_body, 0.5)).status == 200
+    assert calls == [] and len(stored("alice")) == 2
 
 
 def test_health_critical_when_predictions_table_down(rest):
@@ -412,7 +419,7 @@ def test_cache_serves_identical_inputs_for_five_minutes(rest, example_body, serv
 def test_predictions_table_outage_fails_cleanly(rest, example_body, monkeypatch):
     from smartgrid.store.dynamo import DynamoStore
 
-    def boom(self, records):
+    def boom(self, records, cache=None, now=None):
         PredictionItem(records[0].user_id, records[0].prediction_id, forecast={}).save()  # half-way ...
         raise RuntimeError("connection reset")  # ... then the dependency fails
 
@@ -421,10 +428,37 @@ def test_predictions_table_outage_fails_cleanly(rest, example_body, monkeypatch)
     assert r.status == 503 and r.headers["retry-after"]
     assert "nothing was saved" in r.json()["detail"]
     assert stored("alice") == []  # the partial write was undone
+    monkeypatch.undo()
+
     PredictionItem.delete_table()
     r = rest.post("/predict/single", vary(example_body, 0.02), headers={"Idempotency-Key": "k1"})
     assert r.status == 503
-    assert list(IdempotencyItem.scan()) == []  # the claim was released: a retry can proceed
+    (claim,) = IdempotencyItem.scan()  # kept, with its prediction ids, and free to take over now
+    assert claim.status == "IN_PROGRESS" and claim.in_progress_until == 0
+
+
+def test_retry_with_the_key_completes_a_partly_saved_batch_without_duplicates(rest, example_body, monkeypatch):
+    from smartgrid.store.dynamo import DynamoStore
+
+    real_save = DynamoStore.save_predictions
+
+    def boom(self, records, cache=None, now=None):
+        real_save(self, records[:2], None, now)  # two of three written ...
+        raise RuntimeError("connection reset")  # ... then the table fails, and so does the undo
+
+    def no_undo(self, records):
+        raise RuntimeError("still down")
+
+    monkeypatch.setattr(DynamoStore, "save_predictions", boom)
+    monkeypatch.setattr(DynamoStore, "delete_predictions", no_undo)
+    body = {"requests": [example_body, vary(example_body, 0.1), vary(example_body, 0.2)]}
+    r = rest.post("/predict/batch", body, headers={"Idempotency-Key": "b-7"})
+    assert r.status == 503 and "retry with the same Idempotency-Key" in r.json()["detail"]
+    assert len(stored("alice")) == 2
+    monkeypatch.undo()
+    r = rest.post("/predict/batch", body, headers={"Idempotency-Key": "b-7"})
+    assert r.status == 200 and r.json()["succeeded"] == 3
+    assert len(stored("alice")) == 3  # the two overwritten under their reserved ids, one added
 
 
 # ------------------------------------------------------------------------- actuals
@@ -607,3 +641,76 @@ def test_wire_format_shortcut_matches_pynamodb(aws):
         expires_at=rec.expires_at,
     )
     assert _prediction_map(rec) == item.serialize()
+
+
+# ------------------------------------------------------------------------- review findings
+def test_docs_need_a_key(rest):
+    assert rest.get("/docs", user=None).status == 401
+    assert rest.get("/openapi.json", user=None).status == 401
+    spec = rest.get("/openapi.json").json()
+    assert {"/health", "/predict/single", "/predict/batch", "/actuals", "/predictions"} <= set(spec["paths"])
+    from .conftest import API_KEYS
+
+    page = rest.get("/docs", user=None, query={"api_key": API_KEYS["alice"]})
+    assert page.status == 200 and "swagger" in page.text.lower() and "openapi.json?api_key=" in page.text
+
+
+def test_odd_inputs_are_4xx_not_500(rest, example_body):
+    h = example_body["history"]
+    n = len(h["load"])
+    for bad_start in ("0001-01-01T00:00:00+01:00", "2006-13-45T00:00:00Z", "9999-12-30T00:00:00Z"):
+        r = rest.post("/predict/single", {"history": {"start": bad_start, "resolution_minutes": 60, "load": h["load"]}})
+        assert r.status == 422 and r.json()["errors"][0]["field"] == "body.history.start", (bad_start, r.text)
+    b = copy.deepcopy(example_body)
+    b["history"]["load"][0] = 1.7e308
+    assert rest.post("/predict/single", b).json()["errors"][0]["field"] == "body.history.load[0]"
+    # one problem per row would be megabytes: capped, with the count in the detail
+    same = {"history": {"timestamps": [h["timestamps"][0]] * n, "load": h["load"]}}
+    p = rest.post("/predict/single", same).json()
+    assert len(p["errors"]) <= 20 and "more" in p["detail"]
+    out = rest.post("/predict/batch", {"requests": [example_body, 1, None, "x", [], {}]}).json()
+    assert out["succeeded"] == 1
+    assert [r["error"]["errors"][0]["field"] for r in out["results"][1:5]] == [f"requests[{i}]" for i in range(1, 5)]
+    assert out["results"][5]["error"]["errors"][0]["field"] == "requests[5].history"
+    assert "JSON body" not in json.dumps(out["results"][5])
+    assert stored("alice")[0].prediction_id == out["results"][0]["prediction"]["prediction_id"]
+
+
+def test_since_to_the_millisecond_and_before_the_epoch(client, example_body, service, monkeypatch):
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    made = []
+    for ms in (0, 410, 820):
+        monkeypatch.setattr(service, "clock", lambda ms=ms: base + timedelta(milliseconds=ms))
+        made.append(client.post("/predict/single", days(example_body, 2)).json())
+    since = made[1]["created_at"]  # passed back as returned: ...:00.410Z
+    got = client.get("/predictions", query={"since": since}).json()["items"]
+    assert [p["prediction_id"] for p in got] == [made[2]["prediction_id"], made[1]["prediction_id"]]
+    assert len(client.get("/predictions", query={"since": "1960-01-01T00:00:00Z"}).json()["items"]) == 3
+
+
+def test_undecodable_base64_body(lambda_handler):
+    from .apigw import LambdaContext, rest_event
+
+    event = rest_event("POST", "/predict/single", "%%%not base64%%%", {"content-type": "application/json"}, None)
+    event["isBase64Encoded"] = True
+    out = lambda_handler(event, LambdaContext())
+    assert out["statusCode"] == 400 and "base64" in out["body"]
+
+
+def test_missing_fallback_model_fails_only_the_items_that_need_it(aws, example_body):
+    from mangum import Mangum
+    from smartgrid.api.app import create_app
+    from smartgrid.config import get_settings
+    from smartgrid.forecast import ModelSet
+    from smartgrid.service import PredictionService
+
+    settings = get_settings()
+    models = ModelSet.load(settings.model_dir)
+    models.models.pop("baseline_forecast")
+    svc = PredictionService(settings, models, _store(settings))
+    c = Client(Mangum(create_app(settings, svc), lifespan="off", text_mime_types=["application/problem+json"]))
+    out = c.post("/predict/batch", {"requests": [example_body, days(example_body, 3)]}).json()
+    assert out["results"][0]["prediction"]["model_kind"] == "primary"
+    assert out["results"][1]["error"]["status"] == 503 and "baseline_forecast" in out["results"][1]["error"]["detail"]
+    assert c.post("/predict/single", days(example_body, 3)).status == 503
+    assert c.get("/health", user=None).json()["status"] == "degraded"

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     # Lambda's synchronous payload limit is 6 MB; refuse bigger bodies before parsing.
     max_body_bytes: int = Field(default=6_000_000, ge=1024)
     cache_ttl_s: int = Field(default=300, ge=0)  # manual: @cache(expire=300)
+    cache_retry_after_s: float = Field(default=30.0, ge=0)  # after a cache failure, skip it this long
     prediction_retention_days: int = Field(default=400, ge=1)
     idempotency_ttl_s: int = Field(default=86_400, ge=60)
     idempotency_in_progress_s: int = Field(default=60, ge=1)

@@ -25,6 +25,7 @@ from .errors import DataValidationError, InsufficientHistoryError, Problem
 MIN_RESOLUTION_S = 5 * 60
 MAX_RESOLUTION_S = 60 * 60
 DAY_S = 86_400
+MAX_LOAD_MW = 1e7  # above any grid on Earth (the largest are ~1e6 MW): a unit or parsing error
 MAX_TEMPERATURE_C = 65.0
 MIN_TEMPERATURE_C = -70.0
 _MAX_ROWS_LISTED = 8
@@ -190,7 +191,9 @@ def _fast_timestamps(values: Sequence[object] | np.ndarray) -> np.ndarray | None
     if not len(values) or set(map(type, values)) != {str}:
         return None
     texts = cast(Sequence[str], values)
-    if not set(map(len, texts)) <= {19, 20} or not all(t[10] in "T " and t[19:] in ("", "Z", "z") for t in texts):
+    if not set(map(len, texts)) <= {19, 20} or not all(
+        t[:4].isdigit() and t[10] in "T " and t[19:] in ("", "Z", "z") for t in texts
+    ):
         return None
     try:
         with warnings.catch_warnings():
@@ -222,8 +225,10 @@ def _floats(
             out[i] = np.nan
             continue
         try:
+            if isinstance(v, bool):
+                raise TypeError("a boolean is not a load")
             f = float(v.strip()) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             problems.append(
                 Problem(
                     f"non_numeric_{name}",

@@ -67,3 +67,11 @@ class ConflictError(SmartgridError):
 
 class DependencyUnavailableError(SmartgridError):
     """A critical dependency (the predictions table) failed; nothing was written."""
+
+
+class AuthError(SmartgridError):
+    """Missing (401) or invalid (403) credentials."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)

@@ -108,6 +108,9 @@ class Forecast:
         ]
 
 
+ForecastResult = Forecast | DataValidationError | ForecastUnavailableError
+
+
 class Forecaster:
     def __init__(self, models: ModelSet, calendar: HolidayCalendar, flatline_hours: float = 6.0) -> None:
         self.models = models
@@ -125,11 +128,12 @@ class Forecaster:
             raise result
         return result
 
-    def forecast_many(self, inputs: Sequence[tuple[Readings, Readings | None]]) -> list[Forecast | DataValidationError]:
+    def forecast_many(self, inputs: Sequence[tuple[Readings, Readings | None]]) -> list[ForecastResult]:
         """``forecast_readings`` for many series at once: each one validated on its own (its
-        error is returned in its place), then one ``session.run`` for all the primary
+        error is returned in its place, as is ``ForecastUnavailableError`` when it needs the
+        fallback and that is not loaded), then one ``session.run`` for all the primary
         forecasts and one for all the fallbacks."""
-        out: list[Forecast | DataValidationError | None] = [None] * len(inputs)
+        out: list[ForecastResult | None] = [None] * len(inputs)
         jobs: dict[int, _Job] = {}
         for i, (readings, future) in enumerate(inputs):
             try:
@@ -183,7 +187,7 @@ class Forecaster:
         future_temperature: np.ndarray | None = None,
         fallback_reason: str | None = None,
     ) -> Forecast:
-        out: list[Forecast | DataValidationError | None] = [None]
+        out: list[ForecastResult | None] = [None]
         self._run_jobs({0: self._job(series, future_temperature, fallback_reason)}, out)
         result = out[0]
         if isinstance(result, Exception):
@@ -208,7 +212,7 @@ class Forecaster:
         origins = np.full(S, series.n, dtype="int64")
         return _Job(series, future_temperature, targets, origins, fallback_reason or self._primary_blocker(series))
 
-    def _run_jobs(self, jobs: dict[int, _Job], out: list[Forecast | DataValidationError | None]) -> None:
+    def _run_jobs(self, jobs: dict[int, _Job], out: list[ForecastResult | None]) -> None:
         primary = {i: j for i, j in jobs.items() if j.reason is None}
         if primary:
             try:
@@ -223,7 +227,12 @@ class Forecaster:
                         out[i] = j.result(LOAD_FORECAST, version)
         fallback = {i: j for i, j in jobs.items() if j.reason is not None}
         if fallback:
-            version = self._run_baseline(fallback)
+            try:
+                version = self._run_baseline(fallback)
+            except ForecastUnavailableError as exc:  # the fallback model is not loaded
+                for i in fallback:
+                    out[i] = exc
+                return
             for i, j in fallback.items():
                 out[i] = j.error if j.error is not None else j.result(BASELINE_FORECAST, version)
 
@@ -273,7 +282,12 @@ class Forecaster:
                 past = series.temperature if series.temperature is not None else np.full(series.n, np.nan)
                 fut = j.future_temperature if j.future_temperature is not None else np.full(S, np.nan)
                 temp = np.concatenate([past, np.asarray(fut, dtype="float64")])
-            fb = build_features(series.load, temp, series.start, series.step_s, j.targets, j.origins, self.calendar)
+            try:
+                fb = build_features(series.load, temp, series.start, series.step_s, j.targets, j.origins, self.calendar)
+            except Exception as exc:  # this series only: it goes to the fallback
+                log.warning("features failed, using fallback: %s", exc)
+                j.reason = f"primary model failed: {exc}"
+                continue
             if not fb.valid.all():
                 j.reason = "primary model failed: history too short to compute the load level"
                 continue

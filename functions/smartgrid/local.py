@@ -66,12 +66,13 @@ def serve(host: str, port: int, api_key: str | None, emulator_port: int | None) 
 
     from .api.app import create_app
     from .config import get_settings
+    from .observability import SERVICE
     from .store.tables import create_tables
 
     emulator = start_emulator(port=emulator_port)
     key = api_key or secrets.token_urlsafe(18)
     os.environ.update(local_environment(emulator.endpoint, key))
-    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "smartgrid")
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", SERVICE)
     get_settings.cache_clear()
     settings = get_settings()
     try:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -105,7 +104,7 @@ class Claim:
 class ItemOutcome:
     index: int
     record: PredictionRecord | None = None
-    error: DataValidationError | None = None
+    error: DataValidationError | ForecastUnavailableError | None = None
 
 
 @dataclass
@@ -148,7 +147,7 @@ class Store(Protocol):
     def cache_get_many(self, keys: list[str], now: datetime) -> dict[str, tuple[float, dict[str, Any]]]: ...
     def claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim: ...
     def complete(self, user_id: str, key: str, errors: dict[str, Any] | None) -> None: ...
-    def release(self, user_id: str, key: str) -> None: ...
+    def expire_claim(self, user_id: str, key: str) -> None: ...
     def prepare(self) -> None: ...
     def ping_database(self) -> None: ...
     def ping_cache(self) -> None: ...
@@ -189,9 +188,12 @@ class PredictionService:
         self.calendar = HolidayCalendar(settings.holiday_country, settings.holiday_subdivision)
         self.forecaster = Forecaster(models, self.calendar, settings.flatline_hours)
         versions = {n: (m.meta.version if (m := models.get(n)) else None) for n in MODEL_NAMES}
-        # Part of every cache key: a new model set (or calendar) never serves old forecasts.
-        self._model_key = digest([versions, settings.holiday_country, settings.holiday_subdivision])
-        self._pool: ThreadPoolExecutor | None = None
+        # Part of every cache key: a new model set (or calendar, or flatline rule, which decides
+        # primary vs fallback) never serves old forecasts.
+        self._model_key = digest(
+            [versions, settings.holiday_country, settings.holiday_subdivision, settings.flatline_hours]
+        )
+        self._cache_down_until = 0.0  # after a cache failure, skip the cache for a while
         # The cache's first tier: this container's memory (entry -> (valid until, value)),
         # in front of the shared cache table. Bounded; entries expire with their validity.
         self._memory: TLRUCache[str, tuple[float, dict[str, Any]]] = TLRUCache(
@@ -233,11 +235,12 @@ class PredictionService:
             for i, (item, key) in enumerate(zip(inputs, keys, strict=True)):
                 p = parsed[i]
                 result = p if isinstance(p, DataValidationError) else computed[i] if i in computed else found[key or ""]
-                if isinstance(result, DataValidationError):
+                if isinstance(result, DataValidationError | ForecastUnavailableError):
                     outcomes.append(ItemOutcome(i, error=result))
                     continue
                 assert key is not None
-                if i in computed:
+                # Fallbacks caused by a failing primary model are not cached: the failure may pass.
+                if i in computed and not str(result["fallback_reason"] or "").startswith("primary model failed"):
                     fresh[key] = result
                 pid = claim.prediction_ids[i] if claim else new_prediction_id(now)
                 rec = self._record(user_id, pid, key, item, result, "computed" if i in computed else "cache", now)
@@ -248,7 +251,9 @@ class PredictionService:
                 self._save(records, fresh, now)
         except BaseException:
             if claim is not None:
-                self._release(user_id, idempotency_key or "")
+                # Not deleted: a retry with the same key takes the claim over at once and
+                # reuses its prediction ids, overwriting anything this attempt left behind.
+                self._expire_claim(user_id, idempotency_key or "")
             raise
         if claim is not None:
             errors = {str(o.index): _problems_json(o.error) for o in outcomes if o.error is not None}
@@ -314,18 +319,18 @@ class PredictionService:
             h.update(b"|t" + np.ascontiguousarray(t, dtype="float64").tobytes() if t is not None else b"|n")
         return h.hexdigest()
 
-    def _forecast(self, items: list[_Parsed]) -> list[dict[str, Any] | DataValidationError]:
+    def _forecast(self, items: list[_Parsed]) -> list[dict[str, Any] | DataValidationError | ForecastUnavailableError]:
         if not items:
             return []
         t0 = time.perf_counter()
-        try:
-            results = self.forecaster.forecast_many(items)
-        except ForecastUnavailableError as exc:
-            raise DependencyUnavailableError(str(exc)) from exc
+        results = self.forecaster.forecast_many(items)
         metrics.add_metric(
             name=MODEL_INFERENCE_DURATION_SECONDS, unit="Seconds", value=round(time.perf_counter() - t0, 6)
         )
-        return [fc if isinstance(fc, DataValidationError) else _forecast_json(fc) for fc in results]
+        return [fc if isinstance(fc, Exception) else _forecast_json(fc) for fc in results]
+
+    def _cache_on(self) -> bool:
+        return self.settings.cache_ttl_s > 0 and time.monotonic() >= self._cache_down_until
 
     def _cache_get(self, keys: list[str], now: datetime) -> dict[str, dict[str, Any]]:
         """Valid entries for ``keys``: this container's memory first, then the cache table."""
@@ -338,7 +343,7 @@ class PredictionService:
             if hit is not None and hit[0] >= t:
                 found[k] = hit[1]
         missing = [k for k in dict.fromkeys(keys) if k not in found]
-        if missing:
+        if missing and self._cache_on():
             try:
                 shared = self.store.cache_get_many(missing, now)
             except Exception as exc:
@@ -350,24 +355,30 @@ class PredictionService:
         return found
 
     def _save(self, records: list[PredictionRecord], fresh: dict[str, dict[str, Any]], now: datetime) -> None:
-        cache = fresh if self.settings.cache_ttl_s > 0 else {}
+        cache = fresh if self._cache_on() else {}
         try:
             cached = self.store.save_predictions(records, cache, now)
         except Exception as exc:
             logger.exception("saving predictions failed")
-            self._undo(records)
-            raise DependencyUnavailableError("the predictions table is unavailable; nothing was saved") from exc
+            if self._undo(records):
+                raise DependencyUnavailableError("the predictions table is unavailable; nothing was saved") from exc
+            raise DependencyUnavailableError(
+                "the predictions table is unavailable; some predictions may be stored: retry with the same "
+                "Idempotency-Key to complete the request without duplicates"
+            ) from exc
         if cache and not cached:
             self._cache_failed("write", RuntimeError("cache table write failed"))
-        until = now.timestamp() + self.settings.cache_ttl_s
-        for k, v in cache.items():
-            self._memory[k] = (until, v)
+        if self.settings.cache_ttl_s > 0:
+            until = now.timestamp() + self.settings.cache_ttl_s
+            for k, v in fresh.items():
+                self._memory[k] = (until, v)
 
-    @staticmethod
-    def _cache_failed(op: str, exc: Exception) -> None:
-        # The cache is not critical (manual: degraded): serve without it, but say so.
+    def _cache_failed(self, op: str, exc: Exception) -> None:
+        # The cache is not critical (manual: degraded): serve without it, but say so, and do
+        # not pay a failing call (with its retries) on every request: skip it for a while.
         logger.warning("cache %s failed; serving without the cache", op, extra={"error": repr(exc)})
         metrics.add_metric(name=CACHE_ERRORS_TOTAL, unit="Count", value=1)
+        self._cache_down_until = time.monotonic() + self.settings.cache_retry_after_s
 
     def _claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim:
         try:
@@ -384,17 +395,19 @@ class PredictionService:
             )
         return claim
 
-    def _release(self, user_id: str, key: str) -> None:
+    def _expire_claim(self, user_id: str, key: str) -> None:
         try:
-            self.store.release(user_id, key)
+            self.store.expire_claim(user_id, key)
         except Exception:
             logger.exception("releasing the idempotency record failed; it expires on its own")
 
-    def _undo(self, records: list[PredictionRecord]) -> None:
+    def _undo(self, records: list[PredictionRecord]) -> bool:
         try:
             self.store.delete_predictions(records)
+            return True
         except Exception:
             logger.exception("removing partly saved predictions failed")
+            return False
 
     def _replay(self, user_id: str, claim: Claim) -> list[ItemOutcome]:
         try:
@@ -525,38 +538,34 @@ class PredictionService:
     # -- health
     def health(self) -> HealthReport:
         """The manual's /health: cheap checks, bounded by ``health_timeout_s`` in total."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health")
-        deadline = time.monotonic() + self.settings.health_timeout_s
-
-        def check(fn: Callable[[], None]) -> Callable[[], bool]:
-            def run() -> bool:
-                fn()
-                return True
-
-            return run
-
+        state = {"database": False, "cache": False}
         try:
             store = self.store
             store.prepare()  # client set-up is once per container, not part of the check
-            futures = {
-                "database": self._pool.submit(check(store.ping_database)),
-                "cache": self._pool.submit(check(store.ping_cache)),
-            }
+            checks = {"database": store.ping_database, "cache": store.ping_cache}
         except Exception:
             logger.exception("store unavailable")
-            futures = {}
-        state: dict[str, bool] = {}
-        for name in ("database", "cache"):
-            fut = futures.get(name)
+            checks = {}
+
+        def run(name: str, check: Callable[[], None]) -> None:
             try:
-                state[name] = bool(fut and fut.result(timeout=max(0.0, deadline - time.monotonic())))
-            except FutureTimeout:
-                state[name] = False
-                logger.warning("health check of %s timed out", name)
+                check()
+                state[name] = True
             except Exception as exc:
-                state[name] = False
                 logger.warning("health check of %s failed", name, extra={"error": repr(exc)})
+
+        # One daemon thread per check and call: a hung check never delays a later /health.
+        threads = [threading.Thread(target=run, args=item, daemon=True) for item in checks.items()]
+        deadline = time.monotonic() + self.settings.health_timeout_s
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        result = dict(state)  # a check finishing after the deadline does not count
+        for name, t in zip(checks, threads, strict=True):
+            if t.is_alive():
+                logger.warning("health check of %s timed out", name)
+        state = result
         loaded = {n: self.models.get(n) is not None for n in MODEL_NAMES}
         can_forecast = loaded[LOAD_FORECAST] or loaded[BASELINE_FORECAST]
         if not state["database"] or not can_forecast:
@@ -589,13 +598,21 @@ def _forecast_json(fc: Forecast) -> dict[str, Any]:
     }
 
 
-def _problems_json(exc: DataValidationError | None) -> list[dict[str, Any]]:
-    if exc is None:
-        return []
-    return [{"code": p.code, "message": p.message, "rows": list(p.rows), "field": p.field_name} for p in exc.problems]
+MAX_STORED_PROBLEMS = 20  # per item in an idempotency record (DynamoDB items hold 400 KB)
 
 
-def _problems_from_json(items: list[dict[str, Any]]) -> DataValidationError:
+def _problems_json(exc: DataValidationError | ForecastUnavailableError) -> list[dict[str, Any]]:
+    if isinstance(exc, ForecastUnavailableError):
+        return [{"code": "model_unavailable", "message": str(exc), "rows": [], "field": None}]
+    return [
+        {"code": p.code, "message": p.message, "rows": list(p.rows[:MAX_STORED_PROBLEMS]), "field": p.field_name}
+        for p in exc.problems[:MAX_STORED_PROBLEMS]
+    ]
+
+
+def _problems_from_json(items: list[dict[str, Any]]) -> DataValidationError | ForecastUnavailableError:
+    if items and items[0]["code"] == "model_unavailable":
+        return ForecastUnavailableError(items[0]["message"])
     return DataValidationError(
         [Problem(d["code"], d["message"], tuple(d.get("rows") or ()), d.get("field")) for d in items], "history"
     )

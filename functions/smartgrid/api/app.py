@@ -9,29 +9,31 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Settings, get_settings
-from ..data import parse_timestamp
 from ..errors import (
+    AuthError,
     ConflictError,
     DataValidationError,
     DependencyUnavailableError,
     ForecastUnavailableError,
     NotFoundError,
     Problem,
-    SmartgridError,
 )
 from ..observability import (
     API_REQUEST_DURATION_SECONDS,
@@ -49,15 +51,13 @@ PROBLEM_BASE = "https://smartgrid.dev/problems/"
 
 
 # ------------------------------------------------------------------------- problems
-class AuthError(SmartgridError):
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
+MAX_FIELD_ERRORS = 20  # per problem body: a 20 000-row history with one bad start is one line, not 20 000
+CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 
 
 def _field_errors(exc: DataValidationError, prefix: str) -> list[dict[str, Any]]:
     out = []
-    for p in exc.problems:
+    for p in exc.problems[:MAX_FIELD_ERRORS]:
         field = p.field_name or ""
         if p.rows and not field.endswith("]"):
             base = {"timestamp": "timestamps", "load": "load", "temperature": "temperature"}.get(field, field)
@@ -92,7 +92,7 @@ def problem(
 def data_problem(exc: DataValidationError, prefix: str) -> dict[str, Any]:
     errors = _field_errors(exc, prefix)
     first = errors[0]["message"] if errors else str(exc)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
     return problem(422, "Invalid data", f"{first}{more}", errors, code="invalid-data")
 
 
@@ -108,7 +108,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def validation_problem(errors: list[Any], prefix: str = "") -> tuple[int, dict[str, Any]]:
     fields = []
-    for e in errors:
+    for e in errors[:MAX_FIELD_ERRORS]:
         loc = tuple(e.get("loc", ()))
         if e.get("type") == "json_invalid":
             ctx = e.get("ctx") or {}
@@ -117,16 +117,19 @@ def validation_problem(errors: list[Any], prefix: str = "") -> tuple[int, dict[s
             )
         field = _loc(loc)
         if prefix:
-            field = f"{prefix}.{field.removeprefix('body.')}" if field.startswith("body") else f"{prefix}.{field}"
+            rest = field.removeprefix("body").removeprefix(".")
+            field = f"{prefix}.{rest}" if rest else prefix
         msg = e.get("msg", "invalid")
         if e.get("type") == "extra_forbidden":
             msg = "unknown field"
-        elif e.get("type") == "missing" and not loc[1:]:
+        elif e.get("type") == "missing" and loc == ("body",):
             msg = "a JSON body is required"
+        elif e.get("type") == "string_pattern_mismatch":
+            msg = "not an ISO 8601 time from 1900 to 2199 (e.g. 2026-11-27T23:00:00Z)"
         fields.append({"field": field or None, "code": e.get("type", "invalid"), "message": msg, "rows": []})
     detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
-    if len(fields) > 5:
-        detail += f" (and {len(fields) - 5} more)"
+    if len(errors) > 5:
+        detail += f" (and {len(errors) - 5} more)"
     return 422, problem(422, "Invalid request", detail, fields, code="invalid-request")
 
 
@@ -317,6 +320,20 @@ async def current_user(request: Request, x_api_key: Annotated[str | None, Header
 User = Annotated[str, Depends(current_user)]
 
 
+async def docs_user(
+    request: Request,
+    x_api_key: Annotated[str | None, Header()] = None,
+    api_key: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> str:
+    """For /docs and /openapi.json only: the key may also come as ``?api_key=`` so that a
+    browser can open the docs (the operations manual: API docs need an API key)."""
+    auth: Authenticator = request.app.state.authenticator
+    return auth(request, x_api_key or api_key)
+
+
+DocsUser = Annotated[str, Depends(docs_user)]
+
+
 def hash_key(key: str) -> str:
     """The digest stored in SMARTGRID_API_KEYS for a key."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -353,11 +370,32 @@ def _series_input(req: schemas.PredictRequest) -> SeriesInput:
     )
 
 
+def item_problem(error: DataValidationError | ForecastUnavailableError, prefix: str) -> dict[str, Any]:
+    if isinstance(error, DataValidationError):
+        return data_problem(error, prefix)
+    return problem(503, "Service unavailable", str(error), code="dependency-unavailable")
+
+
 def _outcome_json(o: ItemOutcome, prefix: str) -> dict[str, Any]:
     if o.record is not None:
         return {"index": o.index, "status": "ok", "prediction": render_prediction(o.record)}
     assert o.error is not None
-    return {"index": o.index, "status": "error", "error": data_problem(o.error, f"{prefix}.history")}
+    return {"index": o.index, "status": "error", "error": item_problem(o.error, f"{prefix}.history")}
+
+
+def _since(text: str | None) -> datetime | None:
+    """``since`` to an aware UTC datetime, to the millisecond (a returned ``created_at`` can be
+    passed back as is); naive means UTC."""
+    if text is None:
+        return None
+    try:
+        value = text.strip()
+        dt = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise DataValidationError(
+            [Problem("bad_timestamp", f"since: {text!r} is not ISO 8601", field_name="since")], "query"
+        ) from None
 
 
 IdempotencyKey = Annotated[
@@ -379,6 +417,9 @@ def create_app(
     settings = settings or get_settings()
     svc = service or build_service(settings)
     app = FastAPI(
+        docs_url=None,  # served below, behind the API key
+        redoc_url=None,
+        openapi_url=None,
         title="smartgrid",
         version="1.0.0",
         summary="Day-ahead load forecasts (P10/P50/P90) and anomaly flags for grid operators",
@@ -391,6 +432,15 @@ def create_app(
     app.state.authenticator = Authenticator(settings)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, flush_metrics=flush_metrics)
     install_error_handlers(app)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(user: DocsUser) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(user: DocsUser, api_key: Annotated[str | None, Query()] = None) -> HTMLResponse:
+        spec = "/openapi.json" + (f"?api_key={quote(api_key)}" if api_key else "")
+        return get_swagger_ui_html(openapi_url=spec, title="smartgrid API")
 
     @app.get("/health", response_model=schemas.Health, tags=["operations"])
     async def health() -> JSONResponse:
@@ -417,7 +467,7 @@ def create_app(
         req_digest = digest(["single", body.model_dump(mode="json")]) if idempotency_key else None
         (outcome,) = svc.predict(user, [_series_input(body)], idempotency_key, req_digest)
         if outcome.error is not None:
-            return _problem_response(422, data_problem(outcome.error, "history"))
+            raise outcome.error  # mapped to 422 / 503 by the error handlers
         assert outcome.record is not None
         return JSONResponse(render_prediction(outcome.record))
 
@@ -482,17 +532,7 @@ def create_app(
     ) -> JSONResponse:
         if user_id is not None and user_id != user:
             raise AuthError(403, "user_id does not match the API key's user")
-        since_dt = None
-        if since is not None:
-            try:
-                since_dt = datetime.fromtimestamp(
-                    int(parse_timestamp(since).astype("datetime64[s]").astype("int64")), UTC
-                )
-            except (ValueError, OverflowError):
-                raise DataValidationError(
-                    [Problem("bad_timestamp", f"since: {since!r} is not ISO 8601", field_name="since")], "query"
-                ) from None
-        page = svc.list_predictions(user, since_dt, limit, cursor)
+        page = svc.list_predictions(user, _since(since), limit, cursor)
         return JSONResponse(
             {"items": [render_prediction(r) for r in page.items], "next_cursor": page.cursor},
         )

@@ -7,6 +7,8 @@ context injection, then metrics, then tracer.
 
 from __future__ import annotations
 
+import binascii
+import json
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -14,7 +16,7 @@ from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 
 from ..observability import logger, metrics, tracer
-from .app import PROBLEM_JSON, create_app
+from .app import PROBLEM_JSON, create_app, problem
 
 app = create_app()
 # Problem details are text: without this Mangum would base64-encode them.
@@ -25,4 +27,8 @@ asgi_handler = Mangum(app, lifespan="off", text_mime_types=[*DEFAULT_TEXT_MIME_T
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return asgi_handler(event, context)
+    try:
+        return asgi_handler(event, context)
+    except binascii.Error:  # isBase64Encoded with a body that is not base64 (direct invokes only)
+        body = problem(400, "Bad request", "the body is marked base64-encoded but is not", code="bad-body")
+        return {"statusCode": 400, "headers": {"content-type": PROBLEM_JSON}, "body": json.dumps(body)}

@@ -7,17 +7,19 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from ..data import parse_timestamp
+from ..data import MAX_LOAD_MW, MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, parse_timestamp
 
+# ISO 8601 from 1900 to 2199 (date, optional time with seconds and fraction, optional zone).
+TIMESTAMP_PATTERN = r"^(19|20|21)\d\d-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d{1,9})?)?)?([Zz]|[+-]\d\d(:?\d\d)?)?$"
 Timestamp = Annotated[
     str,
-    StringConstraints(min_length=10, max_length=40),
+    StringConstraints(min_length=10, max_length=40, pattern=TIMESTAMP_PATTERN),
     Field(description="ISO 8601; naive means UTC, offsets are converted", examples=["2026-11-27T23:00:00Z"]),
 ]
-Load = Annotated[float, Field(ge=0, description="MW")]
-Temperature = Annotated[float, Field(ge=-90, le=70, description="deg C")]
+Load = Annotated[float, Field(ge=0, le=MAX_LOAD_MW, description="MW")]
+Temperature = Annotated[float, Field(ge=MIN_TEMPERATURE_C, le=MAX_TEMPERATURE_C, description="deg C")]
 
 
 class Strict(BaseModel):
@@ -45,6 +47,16 @@ class History(Strict):
         default=None, max_length=20_000, description="optional; null where unknown"
     )
 
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_timestamp(value)
+            except (ValueError, OverflowError):
+                raise ValueError(f"{value!r} is not a valid ISO 8601 time") from None
+        return value
+
     @model_validator(mode="after")
     def _lengths(self) -> History:
         compact = self.start is not None or self.resolution_minutes is not None
@@ -61,10 +73,7 @@ class History(Strict):
         if self.timestamps is not None:
             return self.timestamps
         assert self.start is not None and self.resolution_minutes is not None
-        try:
-            t0 = parse_timestamp(self.start)
-        except ValueError:
-            return [self.start] * len(self.load)  # reported by validation as a bad timestamp
+        t0 = parse_timestamp(self.start)  # checked by the validator
         return t0 + np.arange(len(self.load)) * np.timedelta64(self.resolution_minutes * 60, "s")
 
 
@@ -89,7 +98,7 @@ class PredictRequest(Strict):
 
 
 class BatchRequest(Strict):
-    requests: list[dict[str, Any]] = Field(
+    requests: list[Any] = Field(
         min_length=1,
         description="PredictRequest bodies; each is validated on its own, so one bad item does not sink the others",
         json_schema_extra={"items": {"$ref": "#/components/schemas/PredictRequest"}},

@@ -22,6 +22,7 @@ from .tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem, bin
 
 _HEALTH_KEY = "__health__"
 _MAX_UNPROCESSED_RETRIES = 5
+BATCH_WRITE_LIMIT = 25  # DynamoDB's maximum items per BatchWriteItem
 
 
 def _epoch(dt: datetime) -> int:
@@ -29,10 +30,11 @@ def _epoch(dt: datetime) -> int:
 
 
 def _ulid_floor(since: datetime) -> str:
-    """The smallest ULID of the millisecond ``since``: range-key bound for 'created since'."""
+    """The smallest ULID of the millisecond ``since``: range-key bound for 'created since'
+    (ULIDs start at the epoch: an earlier ``since`` is the epoch)."""
     from ulid import ULID
 
-    return str(ULID.from_datetime(since))[:10] + "0" * 16
+    return str(ULID.from_datetime(max(since, datetime(1970, 1, 1, tzinfo=UTC))))[:10] + "0" * 16
 
 
 def _to_record(item: PredictionItem) -> PredictionRecord:
@@ -131,9 +133,9 @@ class DynamoStore:
     def _put_all(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         """BatchWriteItem over any of our tables, 25 items a call, unprocessed items retried."""
         conn = PredictionItem._get_connection().connection
-        for lo in range(0, len(items), 25):
+        for lo in range(0, len(items), BATCH_WRITE_LIMIT):
             request: dict[str, list[dict[str, Any]]] = {}
-            for table, item in items[lo : lo + 25]:
+            for table, item in items[lo : lo + BATCH_WRITE_LIMIT]:
                 request.setdefault(table, []).append({"PutRequest": {"Item": item}})
             for attempt in range(_MAX_UNPROCESSED_RETRIES + 1):
                 response = conn.dispatch("BatchWriteItem", {"RequestItems": request})
@@ -169,7 +171,10 @@ class DynamoStore:
             if len(pid) != 26:
                 raise _bad_cursor("not a cursor this API returned")
             start_key = {"user_id": {"S": user_id}, "prediction_id": {"S": pid}}
-        cond = PredictionItem.prediction_id >= _ulid_floor(since) if since is not None else None
+        floor = _ulid_floor(since) if since is not None else None
+        if floor is not None and start_key is not None and start_key["prediction_id"]["S"] < floor:
+            return Page([], None)  # a cursor from before this `since`: nothing newer is left
+        cond = PredictionItem.prediction_id >= floor if floor is not None else None
         result = PredictionItem.query(
             user_id,
             range_key_condition=cond,
@@ -279,10 +284,13 @@ class DynamoStore:
         actions: list[Action] = [IdempotencyItem.status.set("COMPLETED")]
         if errors:
             actions.append(IdempotencyItem.errors.set(errors))
-        IdempotencyItem(f"{user_id}#{key}").update(actions=actions)
+        IdempotencyItem(f"{user_id}#{key}").update(actions=actions, condition=IdempotencyItem.status == "IN_PROGRESS")
 
-    def release(self, user_id: str, key: str) -> None:
-        IdempotencyItem(f"{user_id}#{key}").delete(condition=IdempotencyItem.status == "IN_PROGRESS")
+    def expire_claim(self, user_id: str, key: str) -> None:
+        """An attempt failed: let a retry take the claim over now (with the same prediction ids)."""
+        IdempotencyItem(f"{user_id}#{key}").update(
+            actions=[IdempotencyItem.in_progress_until.set(0)], condition=IdempotencyItem.status == "IN_PROGRESS"
+        )
 
     # -- health: one key read per table, the cheapest call that proves reachability
     def prepare(self) -> None:

@@ -29,17 +29,24 @@ from pynamodb.models import Model
 from ..config import Settings
 
 
+def _default(setting: str) -> str:
+    """A setting's default (names are defined once, in ``Settings``; ``bind`` applies the
+    configured values before any call)."""
+    value: str = Settings.model_fields[setting].default
+    return value
+
+
 class _Base(Model):
     class Meta:
         abstract = True
         table_name = ""
-        region = "us-east-1"
+        region = _default("aws_region")
         host: str | None = None
 
 
 class PredictionItem(_Base):
     class Meta(_Base.Meta):
-        table_name = "smartgrid-predictions"
+        table_name = _default("predictions_table")
 
     user_id = UnicodeAttribute(hash_key=True)
     prediction_id = UnicodeAttribute(range_key=True)
@@ -58,7 +65,7 @@ class PredictionItem(_Base):
 
 class ActualsItem(_Base):
     class Meta(_Base.Meta):
-        table_name = "smartgrid-actuals"
+        table_name = _default("actuals_table")
 
     user_id = UnicodeAttribute(hash_key=True)
     prediction_id = UnicodeAttribute(range_key=True)
@@ -70,7 +77,7 @@ class ActualsItem(_Base):
 
 class CacheItem(_Base):
     class Meta(_Base.Meta):
-        table_name = "smartgrid-cache"
+        table_name = _default("cache_table")
 
     key = UnicodeAttribute(hash_key=True)
     value = JSONAttribute()
@@ -80,7 +87,7 @@ class CacheItem(_Base):
 
 class IdempotencyItem(_Base):
     class Meta(_Base.Meta):
-        table_name = "smartgrid-idempotency"
+        table_name = _default("idempotency_table")
 
     key = UnicodeAttribute(hash_key=True)  # "<user_id>#<Idempotency-Key>"
     status = UnicodeAttribute()  # IN_PROGRESS | COMPLETED
