@@ -141,8 +141,8 @@ class FeatureBatch:
 def _window_mean(cs: np.ndarray, cnt: np.ndarray, a: np.ndarray, b: np.ndarray, min_frac: float = 0.5) -> np.ndarray:
     """Mean of values[a:b] from NaN-aware cumulative sums; NaN if a < 0 or too few values."""
     n = cs.shape[0] - 1
-    a_c = np.clip(a, 0, n)
-    b_c = np.clip(b, 0, n)
+    a_c = np.minimum(np.maximum(a, 0), n)  # np.clip, without its Python overhead (hot: 4 calls per series)
+    b_c = np.minimum(np.maximum(b, 0), n)
     total = cs[b_c] - cs[a_c]
     count = cnt[b_c] - cnt[a_c]
     width = b - a
