@@ -80,7 +80,7 @@ def serve(host: str, port: int, api_key: str | None, emulator_port: int | None) 
         app = create_app(settings, flush_metrics=True)
         ms = app.state.service.models
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
-        print(f"smartgrid API on {url}  (docs: {url}/docs)")
+        print(f"smartgrid API on {url}  (docs: {url}/docs?api_key={key})")
         print(f"AWS emulator (moto) on {emulator.endpoint}; tables: {', '.join(_tables(settings))}")
         print(f"models loaded: {ms.models_loaded} from {settings.model_dir}")
         print(f"local API key for user {LOCAL_USER!r}: {key}")
