@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Protocol, cast
@@ -128,7 +128,6 @@ class HealthReport:
     database: str
     cache: str
     timestamp: str
-    models: dict[str, bool] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -561,16 +560,15 @@ class PredictionService:
             t.start()
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        result = dict(state)  # a check finishing after the deadline does not count
+        up = dict(state)  # a check still running at the deadline counts as down
         for name, t in zip(checks, threads, strict=True):
             if t.is_alive():
                 logger.warning("health check of %s timed out", name)
-        state = result
         loaded = {n: self.models.get(n) is not None for n in MODEL_NAMES}
         can_forecast = loaded[LOAD_FORECAST] or loaded[BASELINE_FORECAST]
-        if not state["database"] or not can_forecast:
+        if not up["database"] or not can_forecast:
             status = "critical"
-        elif not state["cache"] or not all(loaded.values()):
+        elif not up["cache"] or not all(loaded.values()):
             status = "degraded"
         else:
             status = "ok"
@@ -578,10 +576,9 @@ class PredictionService:
             status=status,
             uptime=int(time.monotonic() - self.started),
             models_loaded=self.models.models_loaded,
-            database="connected" if state["database"] else "disconnected",
-            cache="connected" if state["cache"] else "disconnected",
+            database="connected" if up["database"] else "disconnected",
+            cache="connected" if up["cache"] else "disconnected",
             timestamp=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            models=loaded,
         )
 
 
