@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# How many problems (and rows per problem) an error response lists; the detail gives the count.
+MAX_PROBLEMS_SHOWN = 20
+
 
 class SmartgridError(Exception):
     """Base class for every error the domain raises on purpose."""
@@ -67,6 +70,11 @@ class ConflictError(SmartgridError):
 
 class DependencyUnavailableError(SmartgridError):
     """A critical dependency (the predictions table) failed; nothing was written."""
+
+
+class PartialWriteError(DependencyUnavailableError):
+    """The predictions table failed mid-write and the partial write could not be undone: some
+    predictions may be stored (a retry with the same Idempotency-Key overwrites them)."""
 
 
 class AuthError(SmartgridError):

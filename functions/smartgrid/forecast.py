@@ -100,6 +100,7 @@ class Forecast:
     resolution_minutes: int
     fallback_reason: str | None = None
     notes: list[str] = field(default_factory=list)
+    transient: bool = False  # the fallback answered because the primary model failed (may pass)
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -220,7 +221,7 @@ class Forecaster:
             except Exception as exc:  # any failure of the primary path degrades to the fallback
                 log.warning("primary forecast failed, using fallback: %s", exc)
                 for j in primary.values():
-                    j.reason = f"primary model failed: {exc}"
+                    j.reason, j.transient = "primary model failed (the error is logged)", True
             else:
                 for i, j in primary.items():
                     if j.reason is None:
@@ -286,7 +287,7 @@ class Forecaster:
                 fb = build_features(series.load, temp, series.start, series.step_s, j.targets, j.origins, self.calendar)
             except Exception as exc:  # this series only: it goes to the fallback
                 log.warning("features failed, using fallback: %s", exc)
-                j.reason = f"primary model failed: {exc}"
+                j.reason, j.transient = "primary model failed (the error is logged)", True
                 continue
             if not fb.valid.all():
                 j.reason = "primary model failed: history too short to compute the load level"
@@ -353,6 +354,7 @@ class _Job:
     targets: np.ndarray
     origins: np.ndarray
     reason: str | None  # why not the primary model; None = primary
+    transient: bool = False  # the reason is a failure that may pass, not the data
     q: np.ndarray | None = None  # [S, 3] quantiles once run
     error: DataValidationError | None = None
 
@@ -361,7 +363,9 @@ class _Job:
         s = self.series
         ts = s.start + self.targets * np.timedelta64(s.step_s, "s")
         q = self.q
-        return Forecast(ts, q[:, 0], q[:, 1], q[:, 2], model, version, s.resolution_minutes, self.reason, [])
+        return Forecast(
+            ts, q[:, 0], q[:, 1], q[:, 2], model, version, s.resolution_minutes, self.reason, [], self.transient
+        )
 
 
 def _secs(t: np.datetime64) -> int:

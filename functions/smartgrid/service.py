@@ -7,7 +7,8 @@ nothing of HTTP: it raises the typed errors of ``errors.py`` and the API maps th
 
 Degraded modes (operations manual): a cache failure is logged and counted and the request
 is served without the cache; a predictions-table failure is critical: the request fails
-with ``DependencyUnavailableError`` and nothing it wrote is left behind.
+with ``DependencyUnavailableError`` after undoing what it wrote (``PartialWriteError`` when
+the undo fails too: a retry with the same Idempotency-Key then completes it).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .errors import (
     DependencyUnavailableError,
     ForecastUnavailableError,
     NotFoundError,
+    PartialWriteError,
     Problem,
 )
 from .features import HolidayCalendar
@@ -97,7 +99,9 @@ class Claim:
 
     prediction_ids: list[str]
     completed: bool
-    errors: dict[str, Any] | None = None
+    errors: list[int] | None  # indexes of items that failed validation (recomputed on replay)
+    until: float  # in_progress_until set by this attempt: only its holder may finish the claim
+    created: datetime  # the first attempt's time, which the reserved ULIDs encode
 
 
 @dataclass
@@ -134,10 +138,7 @@ class Store(Protocol):
     """What the service needs from persistence (``smartgrid.store.dynamo.DynamoStore``)."""
 
     def save_predictions(
-        self,
-        records: list[PredictionRecord],
-        cache: dict[str, dict[str, Any]] | None = None,
-        now: datetime | None = None,
+        self, records: list[PredictionRecord], cache: dict[str, dict[str, Any]], now: datetime
     ) -> bool: ...
     def delete_predictions(self, records: list[PredictionRecord]) -> None: ...
     def get_predictions(self, user_id: str, prediction_ids: list[str]) -> dict[str, PredictionRecord]: ...
@@ -145,8 +146,9 @@ class Store(Protocol):
     def merge_actuals(self, user_id: str, prediction_id: str, values: dict[str, float], now: datetime) -> dict: ...
     def cache_get_many(self, keys: list[str], now: datetime) -> dict[str, tuple[float, dict[str, Any]]]: ...
     def claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim: ...
-    def complete(self, user_id: str, key: str, errors: dict[str, Any] | None) -> None: ...
-    def expire_claim(self, user_id: str, key: str) -> None: ...
+    def complete(self, user_id: str, key: str, errors: list[int] | None, until: float) -> None: ...
+    def expire_claim(self, user_id: str, key: str, until: float) -> None: ...
+    def release_claim(self, user_id: str, key: str, until: float) -> None: ...
     def prepare(self) -> None: ...
     def ping_database(self) -> None: ...
     def ping_cache(self) -> None: ...
@@ -193,6 +195,7 @@ class PredictionService:
             [versions, settings.holiday_country, settings.holiday_subdivision, settings.flatline_hours]
         )
         self._cache_down_until = 0.0  # after a cache failure, skip the cache for a while
+        self._checks: dict[str, threading.Thread] = {}  # health checks in flight
         # The cache's first tier: this container's memory (entry -> (valid until, value)),
         # in front of the shared cache table. Bounded; entries expire with their validity.
         self._memory: TLRUCache[str, tuple[float, dict[str, Any]]] = TLRUCache(
@@ -213,7 +216,9 @@ class PredictionService:
         request_digest: str | None = None,
     ) -> list[ItemOutcome]:
         """Forecast every input; per-item validation errors are returned, not raised.
-        All predictions of the request are written, or none (``DependencyUnavailableError``).
+        All predictions of the request are written, or none (``DependencyUnavailableError``);
+        if the table fails mid-write and the undo fails too, ``PartialWriteError`` says so and a
+        retry with the same Idempotency-Key completes the request without duplicates.
         Batches are batched all the way: one cache read (BatchGetItem), one model run, and
         writes of 25 items a call."""
         now = self.clock()
@@ -221,7 +226,8 @@ class PredictionService:
         if idempotency_key is not None:
             claim = self._claim(user_id, idempotency_key, request_digest or "", len(inputs), now)
             if claim.completed:
-                return self._replay(user_id, claim)
+                return self._replay(user_id, claim, inputs)
+            now = claim.created  # the reserved ULIDs encode the first attempt's time
         try:
             parsed = [self._parse(item) for item in inputs]
             keys = [None if isinstance(p, DataValidationError) else self._cache_key(*p) for p in parsed]
@@ -238,8 +244,7 @@ class PredictionService:
                     outcomes.append(ItemOutcome(i, error=result))
                     continue
                 assert key is not None
-                # Fallbacks caused by a failing primary model are not cached: the failure may pass.
-                if i in computed and not str(result["fallback_reason"] or "").startswith("primary model failed"):
+                if i in computed and not result.pop("transient", False):  # a model failure may pass
                     fresh[key] = result
                 pid = claim.prediction_ids[i] if claim else new_prediction_id(now)
                 rec = self._record(user_id, pid, key, item, result, "computed" if i in computed else "cache", now)
@@ -248,20 +253,24 @@ class PredictionService:
                 outcomes.append(ItemOutcome(i, record=rec))
             if records:
                 self._save(records, fresh, now)
-        except BaseException:
+        except BaseException as exc:
             if claim is not None:
-                # Not deleted: a retry with the same key takes the claim over at once and
-                # reuses its prediction ids, overwriting anything this attempt left behind.
-                self._expire_claim(user_id, idempotency_key or "")
+                # Something may be stored: keep the claim (and its ids) for a retry to take over
+                # at once. Nothing stored: free the key, for a corrected body too.
+                self._finish_claim(user_id, idempotency_key or "", claim, keep=isinstance(exc, PartialWriteError))
             raise
         if claim is not None:
-            errors = {str(o.index): _problems_json(o.error) for o in outcomes if o.error is not None}
-            try:
-                self.store.complete(user_id, idempotency_key or "", errors or None)
-            except Exception:
-                # The predictions are saved under the reserved ids: a retry after the
-                # in-progress window recomputes and overwrites the same items (no duplicates).
-                logger.exception("completing the idempotency record failed")
+            if any(isinstance(o.error, ForecastUnavailableError) for o in outcomes):
+                # Not a final answer (a model is missing): a retry recomputes, reusing the ids.
+                self._finish_claim(user_id, idempotency_key or "", claim, keep=True)
+            else:
+                errors = [o.index for o in outcomes if o.error is not None]
+                try:
+                    self.store.complete(user_id, idempotency_key or "", errors or None, claim.until)
+                except Exception:
+                    # The predictions are saved under the reserved ids: a retry after the
+                    # in-progress window recomputes and overwrites the same items.
+                    logger.exception("completing the idempotency record failed")
         return outcomes
 
     def _record(
@@ -361,7 +370,7 @@ class PredictionService:
             logger.exception("saving predictions failed")
             if self._undo(records):
                 raise DependencyUnavailableError("the predictions table is unavailable; nothing was saved") from exc
-            raise DependencyUnavailableError(
+            raise PartialWriteError(
                 "the predictions table is unavailable; some predictions may be stored: retry with the same "
                 "Idempotency-Key to complete the request without duplicates"
             ) from exc
@@ -394,11 +403,14 @@ class PredictionService:
             )
         return claim
 
-    def _expire_claim(self, user_id: str, key: str) -> None:
+    def _finish_claim(self, user_id: str, key: str, claim: Claim, keep: bool) -> None:
         try:
-            self.store.expire_claim(user_id, key)
+            if keep:
+                self.store.expire_claim(user_id, key, claim.until)
+            else:
+                self.store.release_claim(user_id, key, claim.until)
         except Exception:
-            logger.exception("releasing the idempotency record failed; it expires on its own")
+            logger.exception("updating the idempotency record failed; its in-progress window ends on its own")
 
     def _undo(self, records: list[PredictionRecord]) -> bool:
         try:
@@ -408,21 +420,41 @@ class PredictionService:
             logger.exception("removing partly saved predictions failed")
             return False
 
-    def _replay(self, user_id: str, claim: Claim) -> list[ItemOutcome]:
+    def _replay(self, user_id: str, claim: Claim, inputs: list[SeriesInput]) -> list[ItemOutcome]:
+        """The first response again: stored predictions by id; the items that failed validation
+        are validated again (deterministic, and nothing of unbounded size is stored)."""
+        failed = set(claim.errors or ())
+        wanted = [pid for i, pid in enumerate(claim.prediction_ids) if i not in failed]
         try:
-            found = self.store.get_predictions(user_id, claim.prediction_ids)
+            found = self.store.get_predictions(user_id, wanted) if wanted else {}
         except Exception as exc:
             raise DependencyUnavailableError("the predictions table is unavailable") from exc
-        errors = claim.errors or {}
         outcomes = []
         for i, pid in enumerate(claim.prediction_ids):
-            if str(i) in errors:
-                outcomes.append(ItemOutcome(i, error=_problems_from_json(errors[str(i)])))
+            if i in failed:
+                outcomes.append(ItemOutcome(i, error=self._validation_error(inputs[i])))
             elif pid in found:
                 outcomes.append(ItemOutcome(i, record=found[pid]))
             else:
                 raise DependencyUnavailableError(f"stored prediction {pid} of this idempotent request is missing")
         return outcomes
+
+    def _validation_error(self, item: SeriesInput) -> DataValidationError | ForecastUnavailableError:
+        parsed = self._parse(item)
+        if isinstance(parsed, DataValidationError):
+            return parsed
+        (result,) = self.forecaster.forecast_many([parsed])
+        if isinstance(result, Exception):
+            return result
+        return DataValidationError(
+            [
+                Problem(
+                    "not_reproducible",
+                    "this item failed when first sent but passes now; send it again without the Idempotency-Key",
+                )
+            ],
+            "history",
+        )
 
     def list_predictions(self, user_id: str, since: datetime | None, limit: int, cursor: str | None) -> Page:
         try:
@@ -553,15 +585,23 @@ class PredictionService:
             except Exception as exc:
                 logger.warning("health check of %s failed", name, extra={"error": repr(exc)})
 
-        # One daemon thread per check and call: a hung check never delays a later /health.
-        threads = [threading.Thread(target=run, args=item, daemon=True) for item in checks.items()]
-        deadline = time.monotonic() + self.settings.health_timeout_s
-        for t in threads:
+        # A daemon thread per check, at most one in flight per dependency: a hung check never
+        # delays a later /health, and a flood of /health calls cannot pile up threads.
+        started: list[tuple[str, threading.Thread]] = []
+        for name, check in checks.items():
+            previous = self._checks.get(name)
+            if previous is not None and previous.is_alive():
+                logger.warning("health check of %s still running from an earlier call", name)
+                continue
+            t = threading.Thread(target=run, args=(name, check), daemon=True, name=f"health-{name}")
+            self._checks[name] = t
             t.start()
-        for t in threads:
+            started.append((name, t))
+        deadline = time.monotonic() + self.settings.health_timeout_s
+        for _, t in started:
             t.join(max(0.0, deadline - time.monotonic()))
         up = dict(state)  # a check still running at the deadline counts as down
-        for name, t in zip(checks, threads, strict=True):
+        for name, t in started:
             if t.is_alive():
                 logger.warning("health check of %s timed out", name)
         loaded = {n: self.models.get(n) is not None for n in MODEL_NAMES}
@@ -592,27 +632,8 @@ def _forecast_json(fc: Forecast) -> dict[str, Any]:
         "p10": _round(fc.p10),
         "p50": _round(fc.p50),
         "p90": _round(fc.p90),
+        "transient": fc.transient,
     }
-
-
-MAX_STORED_PROBLEMS = 20  # per item in an idempotency record (DynamoDB items hold 400 KB)
-
-
-def _problems_json(exc: DataValidationError | ForecastUnavailableError) -> list[dict[str, Any]]:
-    if isinstance(exc, ForecastUnavailableError):
-        return [{"code": "model_unavailable", "message": str(exc), "rows": [], "field": None}]
-    return [
-        {"code": p.code, "message": p.message, "rows": list(p.rows[:MAX_STORED_PROBLEMS]), "field": p.field_name}
-        for p in exc.problems[:MAX_STORED_PROBLEMS]
-    ]
-
-
-def _problems_from_json(items: list[dict[str, Any]]) -> DataValidationError | ForecastUnavailableError:
-    if items and items[0]["code"] == "model_unavailable":
-        return ForecastUnavailableError(items[0]["message"])
-    return DataValidationError(
-        [Problem(d["code"], d["message"], tuple(d.get("rows") or ()), d.get("field")) for d in items], "history"
-    )
 
 
 def build_service(settings: Settings) -> PredictionService:

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Settings, get_settings
 from ..errors import (
+    MAX_PROBLEMS_SHOWN,
     AuthError,
     ConflictError,
     DataValidationError,
@@ -51,23 +52,32 @@ PROBLEM_BASE = "https://smartgrid.dev/problems/"
 
 
 # ------------------------------------------------------------------------- problems
-MAX_FIELD_ERRORS = 20  # per problem body: a 20 000-row history with one bad start is one line, not 20 000
 CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 
 
-def _field_errors(exc: DataValidationError, prefix: str) -> list[dict[str, Any]]:
+# The arrays a problem's source names: problems about readings name fields inside them.
+SOURCE_FIELDS = ("history", "temperature_forecast")
+
+
+def _field_errors(exc: DataValidationError, base: str) -> list[dict[str, Any]]:
+    """Field paths for a domain error's problems: ``base`` (e.g. ``requests[3]``), then the
+    part of the body the problem's source is (``history`` / ``temperature_forecast``)."""
+    source = exc.source if exc.source in SOURCE_FIELDS else ""
+    prefix = ".".join(x for x in (base, source) if x)
     out = []
-    for p in exc.problems[:MAX_FIELD_ERRORS]:
+    for p in exc.problems[:MAX_PROBLEMS_SHOWN]:
         field = p.field_name or ""
         if p.rows and not field.endswith("]"):
-            base = {"timestamp": "timestamps", "load": "load", "temperature": "temperature"}.get(field, field)
-            field = f"{base or 'timestamps'}[{p.rows[0] - 1}]"
+            name = {"timestamp": "timestamps", "load": "load", "temperature": "temperature"}.get(field, field)
+            field = f"{name or 'timestamps'}[{p.rows[0] - 1}]"
+        if field == source:  # a problem with the whole part: name it once
+            field = ""
         out.append(
             {
                 "field": f"{prefix}.{field}" if prefix and field else (field or prefix or None),
                 "code": p.code,
                 "message": p.message,
-                "rows": [r - 1 for r in p.rows],  # 0-based indexes into the arrays
+                "rows": [r - 1 for r in p.rows[:MAX_PROBLEMS_SHOWN]],  # 0-based indexes into the arrays
             }
         )
     return out
@@ -108,7 +118,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def validation_problem(errors: list[Any], prefix: str = "") -> tuple[int, dict[str, Any]]:
     fields = []
-    for e in errors[:MAX_FIELD_ERRORS]:
+    for e in errors[:MAX_PROBLEMS_SHOWN]:
         loc = tuple(e.get("loc", ()))
         if e.get("type") == "json_invalid":
             ctx = e.get("ctx") or {}
@@ -147,8 +157,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DataValidationError)
     async def _data(request: Request, exc: DataValidationError) -> JSONResponse:
-        prefix = {"history": "history", "temperature_forecast": "temperature_forecast"}.get(exc.source, "")
-        return _problem_response(422, data_problem(exc, prefix))
+        return _problem_response(422, data_problem(exc, ""))
 
     @app.exception_handler(AuthError)
     async def _auth(request: Request, exc: AuthError) -> JSONResponse:
@@ -198,8 +207,11 @@ class RequestContextMiddleware:
         t0 = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         event = scope.get("aws.event") or {}
+        given = headers.get("x-correlation-id", "")
         cid = (
-            headers.get("x-correlation-id") or (event.get("requestContext") or {}).get("requestId") or str(uuid.uuid4())
+            (given if CORRELATION_ID.match(given) else None)
+            or (event.get("requestContext") or {}).get("requestId")
+            or str(uuid.uuid4())
         )
         logger.set_correlation_id(cid)
         status = 500
@@ -380,7 +392,7 @@ def _outcome_json(o: ItemOutcome, prefix: str) -> dict[str, Any]:
     if o.record is not None:
         return {"index": o.index, "status": "ok", "prediction": render_prediction(o.record)}
     assert o.error is not None
-    return {"index": o.index, "status": "error", "error": item_problem(o.error, f"{prefix}.history")}
+    return {"index": o.index, "status": "error", "error": item_problem(o.error, prefix)}
 
 
 def _since(text: str | None) -> datetime | None:

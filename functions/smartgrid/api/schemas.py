@@ -12,7 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from ..data import MAX_LOAD_MW, MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, parse_timestamp
 
 # ISO 8601 from 1900 to 2199 (date, optional time with seconds and fraction, optional zone).
-TIMESTAMP_PATTERN = r"^(19|20|21)\d\d-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d{1,9})?)?)?([Zz]|[+-]\d\d(:?\d\d)?)?$"
+TIMESTAMP_PATTERN = (
+    r"^(19|20|21)[0-9]{2}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?"
+    r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+)
 Timestamp = Annotated[
     str,
     StringConstraints(min_length=10, max_length=40, pattern=TIMESTAMP_PATTERN),
@@ -53,7 +56,7 @@ class History(Strict):
         if value is not None:
             try:
                 parse_timestamp(value)
-            except (ValueError, OverflowError):
+            except ValueError:
                 raise ValueError(f"{value!r} is not a valid ISO 8601 time") from None
         return value
 

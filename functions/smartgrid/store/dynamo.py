@@ -25,10 +25,6 @@ _MAX_UNPROCESSED_RETRIES = 5
 BATCH_WRITE_LIMIT = 25  # DynamoDB's maximum items per BatchWriteItem
 
 
-def _epoch(dt: datetime) -> int:
-    return int(dt.timestamp())
-
-
 def _ulid_floor(since: datetime) -> str:
     """The smallest ULID of the millisecond ``since``: range-key bound for 'created since'
     (ULIDs start at the epoch: an earlier ``since`` is the epoch)."""
@@ -106,17 +102,14 @@ class DynamoStore:
 
     # -- predictions
     def save_predictions(
-        self,
-        records: list[PredictionRecord],
-        cache: dict[str, dict[str, Any]] | None = None,
-        now: datetime | None = None,
+        self, records: list[PredictionRecord], cache: dict[str, dict[str, Any]], now: datetime
     ) -> bool:
         """Write the predictions, and the new cache entries in the same BatchWriteItem calls
         (one call for a single prediction). Returns whether the cache entries were written: a
         cache-table failure is retried without them, a predictions-table failure raises."""
         preds = [_prediction_map(r) for r in records]
         if cache:
-            entries = [self._cache_map(k, v, now or datetime.now(UTC)) for k, v in cache.items()]
+            entries = [self._cache_map(k, v, now) for k, v in cache.items()]
             try:
                 self._put_all(
                     [(PredictionItem.Meta.table_name, m) for m in preds]
@@ -239,37 +232,40 @@ class DynamoStore:
     def claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim:
         hk = f"{user_id}#{key}"
         t = now.timestamp()
+        until = t + self.settings.idempotency_in_progress_s
         item = IdempotencyItem(
             hk,
             status="IN_PROGRESS",
             request_digest=request_digest,
             prediction_ids=[new_prediction_id(now) for _ in range(n)],
-            in_progress_until=t + self.settings.idempotency_in_progress_s,
+            created_at=now,
+            in_progress_until=until,
             expires_at=now + timedelta(seconds=self.settings.idempotency_ttl_s),
         )
         free: Condition = IdempotencyItem.key.does_not_exist()
         try:
             item.save(condition=free)
-            return Claim([str(x) for x in item.prediction_ids], completed=False)
+            return Claim([str(x) for x in item.prediction_ids], False, None, until, now)
         except PutError as exc:
             if exc.cause_response_code != "ConditionalCheckFailedException":
                 raise
         existing = IdempotencyItem.get(hk, consistent_read=True)
+        ids = [str(x) for x in existing.prediction_ids]
         if existing.request_digest != request_digest:
             raise ConflictError(
                 "this Idempotency-Key was already used for a different request body", "idempotency_key_reused"
             )
         if existing.status == "COMPLETED":
-            return Claim([str(x) for x in existing.prediction_ids], completed=True, errors=existing.errors)
+            return Claim(ids, True, existing.errors, existing.in_progress_until, existing.created_at)
         if existing.in_progress_until > t:
             raise ConflictError(
                 "a request with this Idempotency-Key is still being processed; retry later", "request_in_progress"
             )
-        # An earlier attempt died mid-way: take it over, keeping its prediction ids so that
-        # anything it saved is overwritten, not duplicated.
+        # An earlier attempt died mid-way: take it over, keeping its prediction ids (and time)
+        # so that anything it saved is overwritten, not duplicated.
         try:
             existing.update(
-                actions=[IdempotencyItem.in_progress_until.set(t + self.settings.idempotency_in_progress_s)],
+                actions=[IdempotencyItem.in_progress_until.set(until)],
                 condition=(IdempotencyItem.in_progress_until == existing.in_progress_until),
             )
         except UpdateError as exc:
@@ -278,19 +274,28 @@ class DynamoStore:
                     "a request with this Idempotency-Key is still being processed; retry later", "request_in_progress"
                 ) from exc
             raise
-        return Claim([str(x) for x in existing.prediction_ids], completed=False)
+        return Claim(ids, False, None, until, existing.created_at)
 
-    def complete(self, user_id: str, key: str, errors: dict[str, Any] | None) -> None:
+    @staticmethod
+    def _held(until: float) -> Condition:
+        """Only the attempt that holds the claim (its ``in_progress_until``) may finish it."""
+        return (IdempotencyItem.status == "IN_PROGRESS") & (IdempotencyItem.in_progress_until == until)
+
+    def complete(self, user_id: str, key: str, errors: list[int] | None, until: float) -> None:
         actions: list[Action] = [IdempotencyItem.status.set("COMPLETED")]
         if errors:
             actions.append(IdempotencyItem.errors.set(errors))
-        IdempotencyItem(f"{user_id}#{key}").update(actions=actions, condition=IdempotencyItem.status == "IN_PROGRESS")
+        IdempotencyItem(f"{user_id}#{key}").update(actions=actions, condition=self._held(until))
 
-    def expire_claim(self, user_id: str, key: str) -> None:
-        """An attempt failed: let a retry take the claim over now (with the same prediction ids)."""
+    def expire_claim(self, user_id: str, key: str, until: float) -> None:
+        """Something may be stored: a retry (same key and body) takes over now with the same ids."""
         IdempotencyItem(f"{user_id}#{key}").update(
-            actions=[IdempotencyItem.in_progress_until.set(0)], condition=IdempotencyItem.status == "IN_PROGRESS"
+            actions=[IdempotencyItem.in_progress_until.set(0)], condition=self._held(until)
         )
+
+    def release_claim(self, user_id: str, key: str, until: float) -> None:
+        """Nothing was stored: the key is free again (for a corrected body too)."""
+        IdempotencyItem(f"{user_id}#{key}").delete(condition=self._held(until))
 
     # -- health: one key read per table, the cheapest call that proves reachability
     def prepare(self) -> None:

@@ -93,8 +93,9 @@ class IdempotencyItem(_Base):
     status = UnicodeAttribute()  # IN_PROGRESS | COMPLETED
     request_digest = UnicodeAttribute()
     prediction_ids = ListAttribute(of=UnicodeAttribute)
-    errors = JSONAttribute(null=True)  # per-item errors of a completed batch, by index
-    in_progress_until = NumberAttribute()
+    errors = JSONAttribute(null=True)  # indexes of the items that failed validation (recomputed on replay)
+    created_at = UTCDateTimeAttribute()  # the first attempt's time: its predictions' created_at
+    in_progress_until = NumberAttribute()  # also identifies the attempt that holds the claim
     expires_at = TTLAttribute()
 
 
