@@ -807,3 +807,11 @@ def test_fallbacks_from_a_failing_primary_are_not_cached(rest, example_body, ser
     monkeypatch.undo()
     b = rest.post("/predict/single", example_body).json()
     assert b["model_kind"] == "primary" and b["cached"] is False
+
+
+def test_client_correlation_ids_are_checked(rest):
+    ok = rest.get("/health", user=None, headers={"x-correlation-id": "req-42.a/b"})
+    assert ok.headers["x-correlation-id"] == "req-42.a/b"
+    for bad in ("x" * 500, "two words", "new\\nline"):
+        r = rest.get("/health", user=None, headers={"x-correlation-id": bad})
+        assert r.headers["x-correlation-id"] != bad and len(r.headers["x-correlation-id"]) <= 128
