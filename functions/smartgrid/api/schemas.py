@@ -4,7 +4,7 @@ rendered directly (no second validation pass on the way out)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -29,6 +29,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
+class Parallel(Strict):
+    """A body of parallel arrays (``parallel_fields``) that must have the same length."""
+
+    parallel_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> Self:
+        _same_length(self, *self.parallel_fields)
+        return self
+
+
 def _same_length(model: BaseModel, *names: str) -> None:
     values = {n: getattr(model, n) for n in names if getattr(model, n) is not None}
     lengths = {n: len(v) for n, v in values.items()}
@@ -37,7 +48,7 @@ def _same_length(model: BaseModel, *names: str) -> None:
         raise ValueError(f"{' and '.join(lengths)} must have the same length ({text})")
 
 
-class History(Strict):
+class History(Parallel):
     """Readings, either with a timestamp each, or compact: ``start`` and
     ``resolution_minutes`` with one load per step (a third of the bytes; batches of 1000
     sites with two weeks of history fit Lambda's 6 MB request limit only this way)."""
@@ -60,8 +71,10 @@ class History(Strict):
                 raise ValueError(f"{value!r} is not a valid ISO 8601 time") from None
         return value
 
+    parallel_fields = ("timestamps", "load", "temperature")
+
     @model_validator(mode="after")
-    def _lengths(self) -> History:
+    def _form(self) -> History:
         compact = self.start is not None or self.resolution_minutes is not None
         if compact and self.timestamps is not None:
             raise ValueError("give either timestamps, or start and resolution_minutes, not both")
@@ -69,7 +82,6 @@ class History(Strict):
             raise ValueError("timestamps are required (or start and resolution_minutes)")
         if compact and (self.start is None or self.resolution_minutes is None):
             raise ValueError("the compact form needs both start and resolution_minutes")
-        _same_length(self, "timestamps", "load", "temperature")
         return self
 
     def timestamp_list(self) -> list[str] | np.ndarray:
@@ -80,14 +92,11 @@ class History(Strict):
         return t0 + np.arange(len(self.load)) * np.timedelta64(self.resolution_minutes * 60, "s")
 
 
-class TemperatureForecast(Strict):
+class TemperatureForecast(Parallel):
+    parallel_fields = ("timestamps", "temperature")
+
     timestamps: list[Timestamp] = Field(min_length=1, max_length=288)
     temperature: list[Temperature] = Field(min_length=1, max_length=288)
-
-    @model_validator(mode="after")
-    def _lengths(self) -> TemperatureForecast:
-        _same_length(self, "timestamps", "temperature")
-        return self
 
 
 class PredictRequest(Strict):
@@ -108,26 +117,20 @@ class BatchRequest(Strict):
     )
 
 
-class DetectRequest(Strict):
+class DetectRequest(Parallel):
+    parallel_fields = ("timestamps", "load")
+
     timestamps: list[Timestamp] = Field(min_length=2, max_length=20_000)
     load: list[Load] = Field(min_length=2, max_length=20_000)
     threshold: float | None = Field(default=None, gt=0, lt=1)
 
-    @model_validator(mode="after")
-    def _lengths(self) -> DetectRequest:
-        _same_length(self, "timestamps", "load")
-        return self
 
+class ActualsRequest(Parallel):
+    parallel_fields = ("timestamps", "load")
 
-class ActualsRequest(Strict):
     prediction_id: Annotated[str, StringConstraints(min_length=26, max_length=26, pattern=r"^[0-9A-HJKMNP-TV-Z]{26}$")]
     timestamps: list[Timestamp] = Field(min_length=1, max_length=288)
     load: list[Load] = Field(min_length=1, max_length=288)
-
-    @model_validator(mode="after")
-    def _lengths(self) -> ActualsRequest:
-        _same_length(self, "timestamps", "load")
-        return self
 
 
 # ---------------------------------------------------------------- responses (documentation)
