@@ -99,7 +99,6 @@ class Forecast:
     model_version: str
     resolution_minutes: int
     fallback_reason: str | None = None
-    notes: list[str] = field(default_factory=list)
     transient: bool = False  # the fallback answered because the primary model failed (may pass)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -364,7 +363,7 @@ class _Job:
         ts = s.start + self.targets * np.timedelta64(s.step_s, "s")
         q = self.q
         return Forecast(
-            ts, q[:, 0], q[:, 1], q[:, 2], model, version, s.resolution_minutes, self.reason, [], self.transient
+            ts, q[:, 0], q[:, 1], q[:, 2], model, version, s.resolution_minutes, self.reason, self.transient
         )
 
 
