@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     actuals_table: str = "smartgrid-actuals"
     cache_table: str = "smartgrid-cache"
     idempotency_table: str = "smartgrid-idempotency"
+    # S3 buckets and SNS topics (the CDK app sets their deployed names).
+    models_bucket: str = "smartgrid-models"
+    backups_bucket: str = "smartgrid-backups"
+    meter_data_bucket: str = "smartgrid-meter-data"
+    alert_topics: dict[str, str] = Field(default_factory=dict)  # escalation level (L1..L3) -> topic ARN
+    api_url: str | None = None  # the deployed API's base URL (the health probe calls its /health)
     # DynamoDB calls from the API: short timeouts so a slow dependency degrades, not hangs.
     dynamodb_connect_timeout_s: float = Field(default=1.0, gt=0, le=10)
     dynamodb_read_timeout_s: float = Field(default=2.0, gt=0, le=30)
@@ -61,6 +67,17 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(default=86_400, ge=60)
     idempotency_in_progress_s: int = Field(default=60, ge=1)
     health_timeout_s: float = Field(default=0.8, gt=0, lt=1)  # /health answers within a second
+
+
+def env_var(setting: str) -> str:
+    """The environment variable that sets a Settings field (what the CDK app sets)."""
+    field = Settings.model_fields[setting]
+    alias = field.validation_alias
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{Settings.model_config.get('env_prefix', '')}{setting}".upper()
 
 
 @lru_cache(maxsize=1)

@@ -65,8 +65,8 @@ def serve(host: str, port: int, api_key: str | None, emulator_port: int | None) 
     import uvicorn
 
     from .api.app import create_app
+    from .catalog import SERVICE
     from .config import get_settings
-    from .observability import SERVICE
     from .store.tables import create_tables
 
     emulator = start_emulator(port=emulator_port)

@@ -2,7 +2,8 @@
 
 Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME /
 POWERTOOLS_METRICS_NAMESPACE (set by the CDK app from the same constants), defaulting to
-``smartgrid`` / ``Smartgrid``. The Tracer imports and patches only what a request uses:
+``smartgrid`` / ``Smartgrid``; metric names are in ``catalog``, beside the alarms that watch
+them. The Tracer imports and patches only what a request uses:
 - no auto-patching (it imports botocore and pynamodb at start-up); the data-access layer
   patches botocore when it first creates a client (``trace_aws_sdk``);
 - its provider loads the X-Ray SDK on first use. Powertools' default provider imports
@@ -13,25 +14,14 @@ POWERTOOLS_METRICS_NAMESPACE (set by the CDK app from the same constants), defau
 from __future__ import annotations
 
 import contextlib
+import resource
 from collections.abc import Sequence
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
-SERVICE = "smartgrid"
-NAMESPACE = "Smartgrid"
-
-# The operations manual's metric names (its Prometheus metrics), emitted as EMF.
-API_REQUESTS_TOTAL = "api_requests_total"
-API_REQUEST_DURATION_SECONDS = "api_request_duration_seconds"
-API_REQUESTS_ERRORS_TOTAL = "api_requests_errors_total"
-MODEL_INFERENCE_DURATION_SECONDS = "model_inference_duration_seconds"
-MODEL_ANOMALIES_DETECTED = "model_anomalies_detected"
-MODEL_PREDICTION_ERROR_ABSOLUTE = "model_prediction_error_absolute"
-# Ours, for the degraded modes the manual describes.
-CACHE_ERRORS_TOTAL = "cache_errors_total"
-FALLBACK_FORECASTS_TOTAL = "fallback_forecasts_total"
+from .catalog import MEMORY_UTILIZATION_PERCENT, NAMESPACE, PROCESS_RESIDENT_MEMORY_BYTES, SERVICE
 
 
 class _NoSegment(BaseSegment):
@@ -110,3 +100,15 @@ def trace_aws_sdk() -> None:
     if not _patched:
         _patched = True
         tracer.patch(["botocore"])
+
+
+def record_memory(context: Any) -> None:
+    """The process's peak RSS, and the same against the function's configured memory (Lambda
+    publishes no memory metric; the manual's "Memory > 80%" alarm watches this one)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    metrics.add_metric(name=PROCESS_RESIDENT_MEMORY_BYTES, unit="Bytes", value=peak)
+    limit_mb = getattr(context, "memory_limit_in_mb", None)
+    if limit_mb:
+        metrics.add_metric(
+            name=MEMORY_UTILIZATION_PERCENT, unit="Percent", value=round(100 * peak / (int(limit_mb) * 2**20), 2)
+        )

@@ -28,6 +28,15 @@ import numpy as np
 from cachetools import TLRUCache
 
 from .anomaly import detect as run_detect
+from .catalog import (
+    CACHE_ERRORS_TOTAL,
+    FALLBACK_FORECASTS_TOTAL,
+    MODEL_ANOMALIES_DETECTED,
+    MODEL_INFERENCE_DURATION_SECONDS,
+    MODEL_PREDICTION_ERROR_ABSOLUTE,
+    MODEL_PREDICTION_ERROR_PERCENT,
+    PREDICTIONS_TOTAL,
+)
 from .config import Settings
 from .data import Readings, iso, iso_all, readings_from_records, validate
 from .errors import (
@@ -41,15 +50,7 @@ from .errors import (
 )
 from .features import HolidayCalendar
 from .forecast import Forecast, Forecaster, ModelSet
-from .observability import (
-    CACHE_ERRORS_TOTAL,
-    FALLBACK_FORECASTS_TOTAL,
-    MODEL_ANOMALIES_DETECTED,
-    MODEL_INFERENCE_DURATION_SECONDS,
-    MODEL_PREDICTION_ERROR_ABSOLUTE,
-    logger,
-    metrics,
-)
+from .observability import logger, metrics
 from .registry import ANOMALY_DETECTOR, BASELINE_FORECAST, LOAD_FORECAST, MODEL_NAMES
 
 
@@ -254,6 +255,7 @@ class PredictionService:
                 outcomes.append(ItemOutcome(i, record=rec))
             if records:
                 self._save(records, fresh, now)
+                metrics.add_metric(name=PREDICTIONS_TOTAL, unit="Count", value=len(records))
         except BaseException as exc:
             if claim is not None:
                 # Something may be stored: keep the claim (and its ids) for a retry to take over
@@ -522,10 +524,12 @@ class PredictionService:
                 }
             )
         for ts in values:
-            j = index[ts]
-            metrics.add_metric(
-                name=MODEL_PREDICTION_ERROR_ABSOLUTE, unit="None", value=round(abs(values[ts] - pred.p50[j]), 3)
-            )
+            err = abs(values[ts] - pred.p50[index[ts]])
+            metrics.add_metric(name=MODEL_PREDICTION_ERROR_ABSOLUTE, unit="None", value=round(err, 3))
+            if values[ts] > 0:  # a percentage of zero load is undefined
+                metrics.add_metric(
+                    name=MODEL_PREDICTION_ERROR_PERCENT, unit="Percent", value=round(100 * err / values[ts], 3)
+                )
         mae = float(np.mean([p["abs_error"] for p in points])) if points else 0.0
         return ActualsResult(pred, points, round(mae, 3))
 

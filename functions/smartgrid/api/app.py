@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..catalog import API_REQUEST_DURATION_SECONDS, API_REQUESTS_ERRORS_TOTAL, API_REQUESTS_TOTAL
 from ..config import Settings, get_settings
 from ..errors import (
     MAX_PROBLEMS_SHOWN,
@@ -36,13 +37,7 @@ from ..errors import (
     NotFoundError,
     Problem,
 )
-from ..observability import (
-    API_REQUEST_DURATION_SECONDS,
-    API_REQUESTS_ERRORS_TOTAL,
-    API_REQUESTS_TOTAL,
-    logger,
-    metrics,
-)
+from ..observability import logger, metrics
 from ..registry import LOAD_FORECAST
 from ..service import ItemOutcome, PredictionRecord, PredictionService, SeriesInput, build_service, digest
 from . import schemas

@@ -15,7 +15,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 
-from ..observability import logger, metrics, tracer
+from ..observability import logger, metrics, record_memory, tracer
 from .app import PROBLEM_JSON, create_app, problem
 
 app = create_app()
@@ -32,3 +32,5 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except binascii.Error:  # isBase64Encoded with a body that is not base64 (direct invokes only)
         body = problem(400, "Bad request", "the body is marked base64-encoded but is not", code="bad-body")
         return {"statusCode": 400, "headers": {"content-type": PROBLEM_JSON}, "body": json.dumps(body)}
+    finally:
+        record_memory(context)

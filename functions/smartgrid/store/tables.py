@@ -13,6 +13,7 @@ Every table has a TTL attribute ``expires_at``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pynamodb.attributes import (
@@ -105,6 +106,35 @@ TABLES: dict[str, type[_Base]] = {
     "cache_table": CacheItem,
     "idempotency_table": IdempotencyItem,
 }
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """What the CDK app needs to create a table like the model: keys with their DynamoDB
+    types, and the TTL attribute."""
+
+    setting: str  # the Settings field (and so the environment variable) naming the table
+    hash_key: tuple[str, str]
+    range_key: tuple[str, str] | None
+    ttl_attribute: str | None
+
+
+def table_shapes() -> list[TableShape]:
+    shapes = []
+    for setting, model in TABLES.items():
+        attrs = model.get_attributes()
+        hash_name = model._hash_keyname
+        range_name = model._range_keyname
+        ttl = [a.attr_name for a in attrs.values() if isinstance(a, TTLAttribute)]
+        shapes.append(
+            TableShape(
+                setting=setting,
+                hash_key=(attrs[hash_name].attr_name, attrs[hash_name].attr_type),
+                range_key=(attrs[range_name].attr_name, attrs[range_name].attr_type) if range_name else None,
+                ttl_attribute=ttl[0] if ttl else None,
+            )
+        )
+    return shapes
 
 
 def bind(settings: Settings) -> None:

@@ -1,0 +1,1 @@
+"""The CDK app that deploys smartgrid (``npx cdk synth`` / ``npx cdk deploy`` from the repo root)."""

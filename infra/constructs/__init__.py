@@ -1,0 +1,1 @@
+"""One construct per capability: data, runtime (layers and code), API, jobs, monitoring."""

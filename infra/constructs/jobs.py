@@ -1,0 +1,148 @@
+"""The jobs: each a function with its own least-privilege role, started by an EventBridge
+Scheduler schedule (the catalog's expressions, UTC) or by meter data arriving in S3. Failed
+events are retried and then kept in the dead-letter queue; none is dropped."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as events_targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_scheduler_targets as scheduler_targets
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+from smartgrid.catalog import (
+    BACKUP,
+    HEALTH_PROBE,
+    INGESTION,
+    METER_DATA_PREFIX,
+    RETRAINING,
+    SCHEDULES,
+    USAGE_REPORT,
+    Level,
+)
+from smartgrid.config import env_var
+
+from .data import Data
+from .runtime import Runtime
+
+# DynamoDB actions by need: exactly what each job's code calls.
+TABLE_READ = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:DescribeTable"]
+TABLE_WRITE = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"]
+TABLE_BACKUP = [
+    "dynamodb:DescribeTable",
+    "dynamodb:Scan",  # the portable copy of every item
+    "dynamodb:CreateBackup",
+    "dynamodb:DescribeContinuousBackups",
+    "dynamodb:ExportTableToPointInTime",
+    # restore (smartgrid restore runs the same code): writes items back
+    "dynamodb:BatchWriteItem",
+    "dynamodb:PutItem",
+]
+
+
+class Jobs(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        runtime: Runtime,
+        data: Data,
+        topics: dict[Level, sns.ITopic],
+        api_url: str,
+    ) -> None:
+        super().__init__(scope, id)
+        topic_env = {
+            env_var("alert_topics"): cdk.Stack.of(self).to_json_string({str(k): t.topic_arn for k, t in topics.items()})
+        }
+        tables = data.tables
+
+        backup = runtime.function(BACKUP, asynchronous=True)
+        _table_actions(backup, list(tables.values()), TABLE_BACKUP)
+        # No delete: retention is the bucket's lifecycle, not code.
+        _bucket_actions(backup, data.backups, ["s3:PutObject", "s3:GetObject"])
+        _bucket_actions(backup, data.models, ["s3:GetObject", "s3:GetObjectVersion"])
+        # DynamoDB's export writes into the backup bucket as the caller.
+        backup.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["dynamodb:DescribeExport"], resources=[t.table_arn + "/export/*" for t in tables.values()]
+            )
+        )
+
+        retraining = runtime.function(RETRAINING, asynchronous=True)
+        _bucket_actions(retraining, data.meter_data, ["s3:GetObject"])
+        _bucket_actions(retraining, data.models, ["s3:GetObject", "s3:PutObject"])
+
+        probe = runtime.function(HEALTH_PROBE, asynchronous=True, environment={env_var("api_url"): api_url})
+
+        usage = runtime.function(USAGE_REPORT, asynchronous=True, environment=topic_env)
+        _table_actions(usage, [tables["predictions_table"]], ["dynamodb:Scan", "dynamodb:DescribeTable"])
+        topics[Level.L1].grant_publish(usage)
+
+        ingestion = runtime.function(INGESTION, asynchronous=True, environment=topic_env)
+        # Accepted readings are stored; a rejected file is moved aside (copied, then deleted).
+        _bucket_actions(ingestion, data.meter_data, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
+        _table_actions(ingestion, [tables["predictions_table"]], TABLE_READ)
+        _table_actions(ingestion, [tables["actuals_table"], tables["idempotency_table"]], TABLE_READ + TABLE_WRITE)
+        topics[Level.L1].grant_publish(ingestion)
+
+        self.functions: dict[str, lambda_.IFunction] = {
+            BACKUP.name: backup,
+            RETRAINING.name: retraining,
+            HEALTH_PROBE.name: probe,
+            USAGE_REPORT.name: usage,
+            INGESTION.name: ingestion,
+        }
+
+        self.schedules: dict[str, scheduler.Schedule] = {}
+        for entry in SCHEDULES:
+            self.schedules[entry.job.name] = scheduler.Schedule(
+                self,
+                f"{entry.job.name.title().replace('_', '')}Schedule",
+                description=f"{entry.job.description}: {entry.why}",
+                schedule=scheduler.ScheduleExpression.expression(entry.expression, cdk.TimeZone.ETC_UTC),
+                target=scheduler_targets.LambdaInvoke(
+                    self.functions[entry.job.name],
+                    dead_letter_queue=runtime.dead_letters,
+                    retry_attempts=3,
+                    max_event_age=cdk.Duration.hours(1),
+                ),
+            )
+
+        # Meter data: S3 -> EventBridge -> ingestion, for objects created under the prefix.
+        self.ingestion_rule = events.Rule(
+            self,
+            "MeterDataArrived",
+            description="New meter data in the meter-data bucket starts ingestion",
+            event_pattern=events.EventPattern(
+                source=["aws.s3"],
+                detail_type=["Object Created"],
+                detail={
+                    "bucket": {"name": [data.meter_data.bucket_name]},
+                    "object": {"key": [{"prefix": METER_DATA_PREFIX}]},
+                },
+            ),
+            targets=[
+                events_targets.LambdaFunction(
+                    ingestion,
+                    dead_letter_queue=runtime.dead_letters,
+                    retry_attempts=3,
+                    max_event_age=cdk.Duration.hours(6),
+                )
+            ],
+        )
+
+
+def _table_actions(fn: lambda_.IFunction, tables: list, actions: list[str]) -> None:
+    fn.add_to_role_policy(iam.PolicyStatement(actions=sorted(set(actions)), resources=[t.table_arn for t in tables]))
+
+
+def _bucket_actions(fn: lambda_.IFunction, bucket: s3.IBucket, object_actions: list[str]) -> None:
+    """Object actions on the bucket's objects (their keys are made at run time: timestamped
+    backups, model versions, arriving files), and listing of that bucket only."""
+    fn.add_to_role_policy(iam.PolicyStatement(actions=object_actions, resources=[bucket.arn_for_objects("*")]))
+    fn.add_to_role_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))

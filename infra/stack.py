@@ -1,0 +1,47 @@
+"""The smartgrid stack: data, runtime, API, jobs and monitoring, composed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from constructs import Construct
+from smartgrid.catalog import JOBS
+
+from .constructs.api import STAGE, Api
+from .constructs.data import Data
+from .constructs.jobs import Jobs
+from .constructs.monitoring import Alarms, Dashboard, Topics
+from .constructs.runtime import Runtime
+from .settings import DeploySettings
+
+
+class SmartgridStack(cdk.Stack):
+    def __init__(self, scope: Construct, id: str, *, settings: DeploySettings, **kwargs: Any) -> None:
+        super().__init__(scope, id, description=f"smartgrid load forecasting ({settings.env_name})", **kwargs)
+        cdk.Tags.of(self).add("service", "smartgrid")
+        cdk.Tags.of(self).add("environment", settings.env_name)
+        self.settings = settings
+        self.data = Data(self, "Data", settings=settings)
+        self.runtime = Runtime(self, "Runtime", settings=settings, data=self.data)
+        self.topics = Topics(self, "Topics", settings=settings)
+        self.api = Api(self, "Api", settings=settings, runtime=self.runtime)
+        self.jobs = Jobs(
+            self,
+            "Jobs",
+            runtime=self.runtime,
+            data=self.data,
+            topics=dict(self.topics.topics),
+            api_url=self.api.rest_api.url,
+        )
+        placeholders = {
+            "<api>": settings.prefix,
+            "<stage>": STAGE,
+            "<api_function>": self.api.function.function_name,
+            "<dlq>": self.runtime.dead_letters.queue_name,
+            **{f"<{job.name}_function>": self.jobs.functions[job.name].function_name for job in JOBS},
+        }
+        self.alarms = Alarms(
+            self, "Alarms", settings=settings, topics=dict(self.topics.topics), placeholders=placeholders
+        )
+        self.dashboard = Dashboard(self, "Dashboard", settings=settings, alarms=self.alarms)
