@@ -25,7 +25,7 @@ class SmartgridStack(cdk.Stack):
         self.data = Data(self, "Data", settings=settings)
         self.runtime = Runtime(self, "Runtime", settings=settings, data=self.data)
         self.topics = Topics(self, "Topics", settings=settings)
-        self.api = Api(self, "Api", settings=settings, runtime=self.runtime)
+        self.api = Api(self, "Api", settings=settings, runtime=self.runtime, data=self.data)
         self.jobs = Jobs(
             self,
             "Jobs",

@@ -126,3 +126,24 @@ def lambda_handler(aws):
 @pytest.fixture
 def example_body() -> dict:
     return json.loads(EXAMPLE.read_text())
+
+
+# ------------------------------------------------------------------ Lambda layers
+@pytest.fixture(scope="session")
+def built_layers(tmp_path_factory) -> tuple[Path, dict]:
+    """The layers, built once per test worker by layers/build.py (no Docker; pip needs the
+    package registry). Modules that use it share one xdist group, so one worker builds."""
+    import subprocess
+    import sys
+
+    out_dir = tmp_path_factory.mktemp("layers")
+    root = Path(__file__).parent.parent
+    out = subprocess.run(
+        [sys.executable, str(root / "layers" / "build.py"), "--out", str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out_dir, json.loads(out.stdout)

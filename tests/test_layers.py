@@ -3,25 +3,15 @@ built layers alone (plus the runtime's boto3/botocore) import the handler and pr
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+import pytest
+
+pytestmark = pytest.mark.xdist_group("layers")  # one worker builds the layers (conftest.built_layers)
 
 
-def test_layers_build_small_and_working(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "layers" / "build.py"), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    report = json.loads(out.stdout)
+def test_layers_build_small_and_working(built_layers):
+    tmp_path, report = built_layers
     onnx = report["layers"]["onnxruntime"]
     assert onnx["zipped_mb"] <= 30 and onnx["goal_met"]
     assert report["total_unzipped_mb"]["value"] <= 110 and report["total_unzipped_mb"]["goal_met"]

@@ -14,6 +14,8 @@ from smartgrid.catalog import API, API_ROUTES
 from smartgrid.config import env_var
 
 from ..settings import DeploySettings
+from .data import Data
+from .permissions import TABLE_READ, TABLE_WRITE, table_actions
 from .runtime import LOG_RETENTION, Runtime
 
 STAGE = "v1"
@@ -36,7 +38,7 @@ ACCESS_LOG_FIELDS = {
 
 
 class Api(Construct):
-    def __init__(self, scope: Construct, id: str, *, settings: DeploySettings, runtime: Runtime) -> None:
+    def __init__(self, scope: Construct, id: str, *, settings: DeploySettings, runtime: Runtime, data: Data) -> None:
         super().__init__(scope, id)
         fn = runtime.function(
             API,
@@ -47,6 +49,7 @@ class Api(Construct):
             environment={env_var("auth_mode"): "api_gateway"},
         )
         self.function = fn
+        table_actions(fn, list(data.tables.values()), TABLE_READ + TABLE_WRITE)
         # Requests go to the published alias: SnapStart restores published versions only.
         self.alias = lambda_.Alias(self, "Live", alias_name="live", version=fn.current_version)
         cdk.Validations.of(fn).acknowledge(

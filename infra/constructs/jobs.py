@@ -9,7 +9,6 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
 from aws_cdk import aws_sns as sns
@@ -27,21 +26,8 @@ from smartgrid.catalog import (
 from smartgrid.config import env_var
 
 from .data import Data
+from .permissions import TABLE_BACKUP, TABLE_READ, TABLE_WRITE, bucket_actions, table_actions
 from .runtime import Runtime
-
-# DynamoDB actions by need: exactly what each job's code calls.
-TABLE_READ = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:DescribeTable"]
-TABLE_WRITE = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"]
-TABLE_BACKUP = [
-    "dynamodb:DescribeTable",
-    "dynamodb:Scan",  # the portable copy of every item
-    "dynamodb:CreateBackup",
-    "dynamodb:DescribeContinuousBackups",
-    "dynamodb:ExportTableToPointInTime",
-    # restore (smartgrid restore runs the same code): writes items back
-    "dynamodb:BatchWriteItem",
-    "dynamodb:PutItem",
-]
 
 
 class Jobs(Construct):
@@ -62,10 +48,10 @@ class Jobs(Construct):
         tables = data.tables
 
         backup = runtime.function(BACKUP, asynchronous=True)
-        _table_actions(backup, list(tables.values()), TABLE_BACKUP)
+        table_actions(backup, list(tables.values()), TABLE_BACKUP)
         # No delete: retention is the bucket's lifecycle, not code.
-        _bucket_actions(backup, data.backups, ["s3:PutObject", "s3:GetObject"])
-        _bucket_actions(backup, data.models, ["s3:GetObject", "s3:GetObjectVersion"])
+        bucket_actions(backup, data.backups, ["s3:PutObject", "s3:GetObject"])
+        bucket_actions(backup, data.models, ["s3:GetObject", "s3:GetObjectVersion"])
         # DynamoDB's export writes into the backup bucket as the caller.
         backup.add_to_role_policy(
             iam.PolicyStatement(
@@ -74,20 +60,20 @@ class Jobs(Construct):
         )
 
         retraining = runtime.function(RETRAINING, asynchronous=True)
-        _bucket_actions(retraining, data.meter_data, ["s3:GetObject"])
-        _bucket_actions(retraining, data.models, ["s3:GetObject", "s3:PutObject"])
+        bucket_actions(retraining, data.meter_data, ["s3:GetObject"])
+        bucket_actions(retraining, data.models, ["s3:GetObject", "s3:PutObject"])
 
         probe = runtime.function(HEALTH_PROBE, asynchronous=True, environment={env_var("api_url"): api_url})
 
         usage = runtime.function(USAGE_REPORT, asynchronous=True, environment=topic_env)
-        _table_actions(usage, [tables["predictions_table"]], ["dynamodb:Scan", "dynamodb:DescribeTable"])
+        table_actions(usage, [tables["predictions_table"]], ["dynamodb:Scan", "dynamodb:DescribeTable"])
         topics[Level.L1].grant_publish(usage)
 
         ingestion = runtime.function(INGESTION, asynchronous=True, environment=topic_env)
         # Accepted readings are stored; a rejected file is moved aside (copied, then deleted).
-        _bucket_actions(ingestion, data.meter_data, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
-        _table_actions(ingestion, [tables["predictions_table"]], TABLE_READ)
-        _table_actions(ingestion, [tables["actuals_table"], tables["idempotency_table"]], TABLE_READ + TABLE_WRITE)
+        bucket_actions(ingestion, data.meter_data, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
+        table_actions(ingestion, [tables["predictions_table"]], TABLE_READ)
+        table_actions(ingestion, [tables["actuals_table"], tables["idempotency_table"]], TABLE_READ + TABLE_WRITE)
         topics[Level.L1].grant_publish(ingestion)
 
         self.functions: dict[str, lambda_.IFunction] = {
@@ -135,14 +121,3 @@ class Jobs(Construct):
                 )
             ],
         )
-
-
-def _table_actions(fn: lambda_.IFunction, tables: list, actions: list[str]) -> None:
-    fn.add_to_role_policy(iam.PolicyStatement(actions=sorted(set(actions)), resources=[t.table_arn for t in tables]))
-
-
-def _bucket_actions(fn: lambda_.IFunction, bucket: s3.IBucket, object_actions: list[str]) -> None:
-    """Object actions on the bucket's objects (their keys are made at run time: timestamped
-    backups, model versions, arriving files), and listing of that bucket only."""
-    fn.add_to_role_policy(iam.PolicyStatement(actions=object_actions, resources=[bucket.arn_for_objects("*")]))
-    fn.add_to_role_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))
