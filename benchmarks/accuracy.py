@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from smartgrid.data import load_series
 from smartgrid.features import HolidayCalendar
 from smartgrid.training.backtest import run_backtest

@@ -457,6 +457,7 @@ def batch_feeds(svc: Any, bodies: BatchBodies, first_k: int, n: int) -> list[dic
     """The primary model's feeds for a batch's items, built by the product's own forecaster
     exactly as the service does for each item (the API turns the compact form into timestamps)."""
     import numpy as np
+
     from smartgrid.data import parse_timestamp, readings_from_records
 
     model = svc.models.get(PRIMARY)
@@ -478,6 +479,7 @@ def batch_feeds(svc: Any, bodies: BatchBodies, first_k: int, n: int) -> list[dic
 
 def child_warm_batch(cfg: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
+
     from smartgrid.api.handler import app, handler
 
     pt = time.process_time

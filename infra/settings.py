@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
 from smartgrid.catalog import API, Level
 
 ROOT = Path(__file__).resolve().parent.parent

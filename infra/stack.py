@@ -6,6 +6,7 @@ from typing import Any
 
 import aws_cdk as cdk
 from constructs import Construct
+
 from smartgrid.catalog import JOBS
 
 from .constructs.api import STAGE, Api

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from smartgrid.data import Series, load_series
 from smartgrid.features import HolidayCalendar
 
@@ -91,6 +92,7 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "predict_single.json"
 def _reset_powertools() -> None:
     """Powertools keeps state in module globals: metrics buffer, cold-start flag, correlation id."""
     from aws_lambda_powertools.metrics.provider import cold_start
+
     from smartgrid.observability import logger, metrics
 
     metrics.clear_metrics()
@@ -102,6 +104,7 @@ def _reset_powertools() -> None:
 def aws():
     """moto's in-process AWS, with the tables created from the code's own definitions."""
     from moto import mock_aws
+
     from smartgrid.config import get_settings
     from smartgrid.store.tables import create_tables
 

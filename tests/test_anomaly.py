@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from smartgrid import registry
 from smartgrid.anomaly import (
     ANOMALY_FEATURE_NAMES,

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from smartgrid.store.tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem
 
 from .apigw import Client
@@ -99,6 +100,7 @@ def test_health_critical_when_predictions_table_down(rest):
 
 def test_health_critical_without_models_and_bounded_by_timeout(aws, tmp_path):
     from mangum import Mangum
+
     from smartgrid.api.app import create_app
     from smartgrid.config import get_settings
     from smartgrid.forecast import ModelSet
@@ -705,6 +707,7 @@ def test_undecodable_base64_body(lambda_handler):
 
 def test_missing_fallback_model_fails_only_the_items_that_need_it(aws, example_body):
     from mangum import Mangum
+
     from smartgrid.api.app import create_app
     from smartgrid.config import get_settings
     from smartgrid.forecast import ModelSet
@@ -739,6 +742,7 @@ def test_a_failed_attempt_that_stored_nothing_frees_its_key(rest, example_body, 
 
 def test_a_missing_model_is_not_replayed(aws, example_body):
     from mangum import Mangum
+
     from smartgrid.api.app import create_app
     from smartgrid.config import get_settings
     from smartgrid.forecast import ModelSet

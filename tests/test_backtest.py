@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from smartgrid.data import Series
 from smartgrid.features import HolidayCalendar
 from smartgrid.metrics import all_metrics, coverage, mape, pinball, rmae

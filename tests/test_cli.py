@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from smartgrid.cli import app
 from smartgrid.data import Series, load_series
 from smartgrid.registry import MODEL_NAMES, sha256_hex
-from typer.testing import CliRunner
 
 from .conftest import DATA, series_to_csv, write_csv
 

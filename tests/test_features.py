@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from smartgrid.data import Series
 from smartgrid.features import (
     FEATURE_INDEX as F,

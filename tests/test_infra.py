@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from smartgrid import catalog
 from smartgrid.catalog import ALERTS, ESCALATION, SCHEDULES, Level
 from smartgrid.config import env_var
@@ -150,12 +151,13 @@ def test_cdk_cli_synth_offline_with_nag_and_cfn_lint_clean(built_layers, tmp_pat
 def test_nag_fails_the_synth_on_an_unacknowledged_finding(built_layers, tmp_path):
     """cdk-nag is live: a bucket without SSL enforcement or access logs stops the synth."""
     from aws_cdk import aws_s3 as s3
+
     from infra.app import build
 
     app = app_for(tmp_path, built_layers[0])
     stack = build(app, nag=True)
     s3.Bucket(stack, "Careless")
-    with pytest.raises(Exception, match="Validation failed|AwsSolutions-S"):
+    with pytest.raises(Exception, match=r"Validation failed|AwsSolutions-S"):
         app.synth()
 
 
@@ -499,8 +501,9 @@ def test_stage_logs_traces_and_throttles_and_the_usage_plan_meters_each_key(temp
 
 # ------------------------------------------------------------------ settings
 def test_settings_from_context_are_validated():
-    from infra.settings import DeploySettings
     from pydantic import ValidationError
+
+    from infra.settings import DeploySettings
 
     class Node:
         def __init__(self, ctx: dict[str, Any]) -> None:
@@ -519,7 +522,7 @@ def test_settings_from_context_are_validated():
         DeploySettings.from_context(Node({"architecture": "sparc"}))
     with pytest.raises(ValidationError, match="apiClient"):
         DeploySettings.from_context(Node({"apiClients": ["Bad Name"]}))
-    with pytest.raises(FileNotFoundError, match="layers/build.py"):
+    with pytest.raises(FileNotFoundError, match=r"layers/build\.py"):
         DeploySettings(layers_dir=Path("/nonexistent")).layer_zip("runtime")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from smartgrid.data import Series, readings_from_records
 from smartgrid.errors import DataValidationError, ForecastUnavailableError, ModelIntegrityError
 from smartgrid.features import FEATURE_NAMES, HolidayCalendar
@@ -71,6 +72,7 @@ def test_moe_onnx_matches_training_library(trained, rows: TrainingRows) -> None:
 
 def test_each_expert_tree_export_is_exact(trained, rows: TrainingRows) -> None:
     from onnx import TensorProto, helper
+
     from smartgrid.training.onnx_trees import make_model, tree_ensemble_node
 
     moe, _ = trained

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import boto3
-import smartgrid
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -30,6 +29,8 @@ from mangum import Mangum
 from pydantic import BaseModel, Field
 from pynamodb.attributes import JSONAttribute, UnicodeAttribute, UTCDateTimeAttribute
 from pynamodb.models import Model
+
+import smartgrid
 from smartgrid.data import readings_from_records
 from smartgrid.errors import DataValidationError
 from smartgrid.features import HolidayCalendar

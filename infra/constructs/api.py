@@ -10,6 +10,7 @@ from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+
 from smartgrid.catalog import API, API_ROUTES
 from smartgrid.config import env_var
 

@@ -6,6 +6,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
+
 from smartgrid.catalog import BACKUP_RETENTION_DAYS
 from smartgrid.store.tables import table_shapes
 

@@ -13,6 +13,7 @@ from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
 from aws_cdk import aws_sns as sns
 from constructs import Construct
+
 from smartgrid.catalog import (
     BACKUP,
     HEALTH_PROBE,

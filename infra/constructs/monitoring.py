@@ -11,6 +11,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
+
 from smartgrid.catalog import (
     ALERTS,
     API_REQUEST_DURATION_SECONDS,

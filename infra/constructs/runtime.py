@@ -12,6 +12,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
+
 from smartgrid.catalog import LOG_RETENTION_DAYS, NAMESPACE, SERVICE, FunctionSpec
 from smartgrid.config import env_var
 

@@ -125,6 +125,7 @@ def table_shapes() -> list[TableShape]:
         attrs = model.get_attributes()
         hash_name = model._hash_keyname
         range_name = model._range_keyname
+        assert hash_name is not None, f"{model.__name__} has no hash key"
         ttl = [a.attr_name for a in attrs.values() if isinstance(a, TTLAttribute)]
         shapes.append(
             TableShape(
