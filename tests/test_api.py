@@ -490,6 +490,28 @@ def test_actuals_record_absolute_error(client, example_body):
     assert len(item.actuals) == 4
 
 
+def test_actuals_emit_the_live_forecast_error_metrics(rest, example_body, capsys):
+    """model_prediction_error_absolute (the manual's) and the percentage the forecast-error alarm watches."""
+    p = rest.post("/predict/single", example_body).json()
+    step = p["forecast"][0]
+    actual = step["p50"] * 1.1
+    capsys.readouterr()
+    r = rest.post(
+        "/actuals", {"prediction_id": p["prediction_id"], "timestamps": [step["timestamp"]], "load": [actual]}
+    )
+    assert r.status == 200, r.text
+    emf = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{") and "_aws" in x]
+    (line,) = [x for x in emf if "model_prediction_error_percent" in x]
+    assert _values(line, "model_prediction_error_percent") == [pytest.approx(100 * 0.1 / 1.1, abs=1e-3)]
+    assert _values(line, "model_prediction_error_absolute") == [pytest.approx(step["p50"] * 0.1, abs=1e-3)]
+
+
+def _values(emf_line: dict, name: str) -> list:
+    """An EMF line's values for a metric (a number, or a list when several were recorded)."""
+    v = emf_line[name]
+    return v if isinstance(v, list) else [v]
+
+
 def test_actuals_errors(rest, example_body):
     p = rest.post("/predict/single", example_body).json()
     ts = p["forecast"][0]["timestamp"]
@@ -583,8 +605,14 @@ def test_logs_and_emf_metrics(rest, example_body, capsys):
         "api_requests_total",
         "api_request_duration_seconds",
         "model_inference_duration_seconds",
+        "predictions_total",  # the 100k+ predictions alarm
+        "process_resident_memory_bytes",  # the manual's metric
+        "memory_utilization_percent",  # the memory alarm: peak RSS against the function's size
     } <= names
     assert all(d["Namespace"] == "Smartgrid" for x in emf for d in x["_aws"]["CloudWatchMetrics"])
+    flushed = [x for x in emf if "memory_utilization_percent" in x]
+    assert flushed and all(0 < v < 100 for x in flushed for v in _values(x, "memory_utilization_percent"))
+    assert [_values(x, "predictions_total") for x in emf if "predictions_total" in x] == [[1]]
 
 
 def test_importing_the_handler_does_not_import_the_aws_sdk():
@@ -819,3 +847,25 @@ def test_client_correlation_ids_are_checked(rest):
     for bad in ("x" * 500, "two words", "new\\nline"):
         r = rest.get("/health", user=None, headers={"x-correlation-id": bad})
         assert r.headers["x-correlation-id"] != bad and len(r.headers["x-correlation-id"]) <= 128
+
+
+def test_snapstart_restore_restarts_the_uptime_clock():
+    """On Lambda, SnapStart's after-restore hook resets the service's start time, so /health's
+    uptime does not count the days the snapshot waited."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, time, types
+hooks = []
+sys.modules['snapshot_restore_py'] = types.SimpleNamespace(register_after_restore=hooks.append)
+import smartgrid.api.handler as h
+svc = h.app.state.service
+svc.started -= 86400  # as if the snapshot was taken a day ago
+(hook,) = hooks
+hook()
+print(round(time.monotonic() - svc.started))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0"

@@ -532,3 +532,9 @@ def test_escalation_levels_are_the_manuals():
         "devops-lead@smartgrid.ai",
         "engineering-lead@smartgrid.ai",
     ]
+
+
+def test_readme_alarm_table_is_the_catalogs():
+    readme = (ROOT / "README.md").read_text()
+    copy = readme.split("<!-- alerts:start -->\n", 1)[1].split("<!-- alerts:end -->", 1)[0]
+    assert copy == catalog.alert_table_markdown()

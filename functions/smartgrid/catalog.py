@@ -179,6 +179,7 @@ class Alert:
     datapoints_to_alarm: int
     level: Level
     missing_data: str = "notBreaching"  # breaching | notBreaching | ignore | missing
+    unit: str = ""  # of the threshold, for people (ms, %)
     mapping: str = ""  # for rows with no Lambda meaning: what we watch instead, and why
 
 
@@ -257,6 +258,7 @@ ALERTS: tuple[Alert, ...] = (
         5,
         3,
         Level.L2,
+        unit="ms",
     ),
     Alert(
         "concurrency-high",
@@ -289,6 +291,7 @@ ALERTS: tuple[Alert, ...] = (
         10,
         10,
         Level.L2,
+        unit="%",
         mapping=(
             "Lambda publishes no memory metric; the API reports its peak RSS against the configured "
             "memory on every invocation (memory_utilization_percent). Scaling means more memory "
@@ -320,6 +323,7 @@ ALERTS: tuple[Alert, ...] = (
         5,
         3,
         Level.L1,
+        unit="ms",
     ),
     Alert(
         "predictions-volume",
@@ -431,7 +435,43 @@ ALERTS: tuple[Alert, ...] = (
         6,
         6,
         Level.L1,
+        unit="%",
     ),
 )
 # Alerts whose threshold is a fraction of the API's reserved concurrency.
 CONCURRENCY_FRACTION_ALERTS = frozenset({"capacity-exhausted", "concurrency-high"})
+
+
+def _metric_text(metric: MetricRef | tuple[MetricRef, ...]) -> str:
+    refs = metric if isinstance(metric, tuple) else (metric,)
+    return " + ".join(f"`{r.namespace or NAMESPACE}` {r.name} ({r.statistic})" for r in refs)
+
+
+def _window(alert: Alert) -> str:
+    period = f"{alert.period_s // 3600} h" if alert.period_s >= 3600 else f"{alert.period_s // 60} min"
+    if alert.evaluation_periods == 1:
+        return period
+    if alert.datapoints_to_alarm == alert.evaluation_periods:
+        return f"{alert.evaluation_periods} x {period} in a row"
+    return f"{alert.datapoints_to_alarm} of {alert.evaluation_periods} x {period}"
+
+
+def alert_table_markdown() -> str:
+    """The alert table as Markdown (``smartgrid alerts``; the README's copy is this output)."""
+    lines = [
+        "| alarm | severity | manual's row | watches | fires when | window | routed to |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for a in ALERTS:
+        threshold = f"{a.threshold:g}{' ' + a.unit if a.unit and a.unit != '%' else a.unit}"
+        if a.id in CONCURRENCY_FRACTION_ALERTS:
+            threshold = f"{a.threshold:.0%} of reserved concurrency"
+        who = ESCALATION[a.level]
+        lines.append(
+            f"| `{a.id}` | {a.severity} | {a.manual.split(' | ')[0] if a.manual != 'serverless' else '(serverless)'} "
+            f"| {_metric_text(a.metric)} | {a.comparison} {threshold} | {_window(a)} | {a.level} {who.who} |"
+        )
+        if a.mapping:
+            notes.append(f"- `{a.id}`: {a.mapping}")
+    return "\n".join(lines + (["", *notes] if notes else [])) + "\n"

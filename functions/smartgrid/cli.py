@@ -325,6 +325,15 @@ def calendar(
 
 
 @app.command()
+def alerts() -> None:
+    """The alert table the CloudWatch alarms are built from (Markdown): what each alarm
+    watches, its threshold and window, and the escalation level it pages."""
+    from .catalog import alert_table_markdown
+
+    typer.echo(alert_table_markdown(), nl=False)
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="API port")] = 8000,

@@ -1,6 +1,7 @@
 """Lambda entry point for the API: one module-level Mangum adapter over the FastAPI app.
 
-Settings are validated and the models loaded here, once per container (the init phase).
+Settings are validated and the models loaded here, once per container (the init phase; with
+SnapStart, once per published version, then restored from the snapshot).
 Mangum accepts API Gateway REST (v1) and HTTP API (v2) events alike. Decorator order:
 context injection, then metrics, then tracer.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import time
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -19,6 +21,20 @@ from ..observability import logger, metrics, record_memory, tracer
 from .app import PROBLEM_JSON, create_app, problem
 
 app = create_app()
+
+
+def _after_restore() -> None:
+    """SnapStart restores this initialised container from a snapshot, perhaps days later:
+    uptime counts from the restore, not from the snapshot's init."""
+    app.state.service.started = time.monotonic()
+
+
+try:  # the Lambda runtime's SnapStart hooks (absent elsewhere)
+    from snapshot_restore_py import register_after_restore
+except ImportError:
+    pass
+else:
+    register_after_restore(_after_restore)
 # Problem details are text: without this Mangum would base64-encode them.
 asgi_handler = Mangum(app, lifespan="off", text_mime_types=[*DEFAULT_TEXT_MIME_TYPES, PROBLEM_JSON])
 
