@@ -14,6 +14,7 @@ import pytest
 from smartgrid.store.tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem
 
 from .apigw import Client
+from .emf import values
 
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -502,14 +503,8 @@ def test_actuals_emit_the_live_forecast_error_metrics(rest, example_body, capsys
     assert r.status == 200, r.text
     emf = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{") and "_aws" in x]
     (line,) = [x for x in emf if "model_prediction_error_percent" in x]
-    assert _values(line, "model_prediction_error_percent") == [pytest.approx(100 * 0.1 / 1.1, abs=1e-3)]
-    assert _values(line, "model_prediction_error_absolute") == [pytest.approx(step["p50"] * 0.1, abs=1e-3)]
-
-
-def _values(emf_line: dict, name: str) -> list:
-    """An EMF line's values for a metric (a number, or a list when several were recorded)."""
-    v = emf_line[name]
-    return v if isinstance(v, list) else [v]
+    assert values(line, "model_prediction_error_percent") == [pytest.approx(100 * 0.1 / 1.1, abs=1e-3)]
+    assert values(line, "model_prediction_error_absolute") == [pytest.approx(step["p50"] * 0.1, abs=1e-3)]
 
 
 def test_actuals_errors(rest, example_body):
@@ -611,8 +606,8 @@ def test_logs_and_emf_metrics(rest, example_body, capsys):
     } <= names
     assert all(d["Namespace"] == "Smartgrid" for x in emf for d in x["_aws"]["CloudWatchMetrics"])
     flushed = [x for x in emf if "memory_utilization_percent" in x]
-    assert flushed and all(0 < v < 100 for x in flushed for v in _values(x, "memory_utilization_percent"))
-    assert [_values(x, "predictions_total") for x in emf if "predictions_total" in x] == [[1]]
+    assert flushed and all(0 < v < 100 for x in flushed for v in values(x, "memory_utilization_percent"))
+    assert [values(x, "predictions_total") for x in emf if "predictions_total" in x] == [[1]]
 
 
 def test_importing_the_handler_does_not_import_the_aws_sdk():

@@ -324,6 +324,27 @@ def calendar(
         out.print(f"wrote {path}")
 
 
+@app.command("probe")
+def probe_command(
+    url: Annotated[
+        str, typer.Argument(help="The API's base URL, e.g. https://abc.execute-api.eu-west-1.amazonaws.com/v1")
+    ],
+    timeout: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to wait for /health")] = 5.0,
+) -> None:
+    """Probe the API's /health as the scheduled health probe does; exit 1 when not available."""
+    from .probe import probe
+
+    with _errors():
+        result = probe(url, timeout)
+    shown = f"{result.http_status or 'no answer'} {result.status or result.error or ''}".strip()
+    verdict = "available" if result.available else "[red]NOT available[/]"
+    out.print(f"{result.url}: {verdict} ({shown}, {result.latency_s:.3f} s)")
+    if result.body is not None and result.status != "ok":
+        out.print(result.body)
+    if not result.available:
+        raise typer.Exit(1)
+
+
 @app.command()
 def alerts() -> None:
     """The alert table the CloudWatch alarms are built from (Markdown): what each alarm

@@ -73,7 +73,8 @@ class Api(Construct):
             endpoint_types=[apigw.EndpointType.REGIONAL],
             api_key_source_type=apigw.ApiKeySourceType.HEADER,
             cloud_watch_role=True,
-            cloud_watch_role_removal_policy=cdk.RemovalPolicy.DESTROY,
+            # The logging role is account-wide (one per region): kept when a stack goes.
+            cloud_watch_role_removal_policy=cdk.RemovalPolicy.RETAIN,
             deploy_options=apigw.StageOptions(
                 stage_name=STAGE,
                 tracing_enabled=settings.xray,
@@ -111,6 +112,15 @@ class Api(Construct):
                 request_models={"application/json": json_object} if route.json_body else None,
             )
         self.stage = self.rest_api.deployment_stage
+        # API Gateway writes execution logs (errors) to a group it names; made here so that it
+        # has the manual's 60-day retention instead of never expiring.
+        logs.LogGroup(
+            self,
+            "ExecutionLogs",
+            log_group_name=f"API-Gateway-Execution-Logs_{self.rest_api.rest_api_id}/{STAGE}",
+            retention=LOG_RETENTION,
+            removal_policy=cdk.RemovalPolicy.RETAIN if settings.production else cdk.RemovalPolicy.DESTROY,
+        )
 
         plan = self.rest_api.add_usage_plan(
             "UsagePlan",
