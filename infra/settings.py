@@ -89,7 +89,8 @@ class DeploySettings(BaseModel):
         return f"smartgrid-{self.env_name}"
 
     def layer_zip(self, name: str) -> Path:
-        path = self.layers_dir / f"{self.architecture}-{name}.zip"
+        machine = {"x86_64": "x86_64", "arm64": "aarch64"}[self.architecture]  # layers/build.py's names
+        path = self.layers_dir / f"{machine}-{name}.zip"
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing: build the layers first with "

@@ -684,6 +684,20 @@ def test_docs_need_a_key(rest):
 
     page = rest.get("/docs", user=None, query={"api_key": API_KEYS["alice"]})
     assert page.status == 200 and "swagger" in page.text.lower() and "openapi.json?api_key=" in page.text
+    # behind API Gateway the spec is fetched under the stage the page came from
+    assert "'/prod/openapi.json?api_key=" in page.text
+
+
+def test_docs_locally_fetch_the_spec_at_the_root(aws):
+    from fastapi.testclient import TestClient
+
+    from smartgrid.api.app import create_app
+
+    from .conftest import API_KEYS
+
+    with TestClient(create_app()) as local:
+        page = local.get("/docs", headers={"x-api-key": API_KEYS["alice"]})
+    assert page.status_code == 200 and "'/openapi.json'" in page.text
 
 
 def test_odd_inputs_are_4xx_not_500(rest, example_body):

@@ -180,6 +180,7 @@ class Alert:
     level: Level
     missing_data: str = "notBreaching"  # breaching | notBreaching | ignore | missing
     unit: str = ""  # of the threshold, for people (ms, %)
+    job: FunctionSpec | None = None  # the job whose reports this alarm watches
     mapping: str = ""  # for rows with no Lambda meaning: what we watch instead, and why
 
 
@@ -213,6 +214,7 @@ ALERTS: tuple[Alert, ...] = (
         2,
         Level.L3,
         missing_data="breaching",  # no probe reading is no proof the API is up
+        job=HEALTH_PROBE,
     ),
     Alert(
         "error-rate-critical",
@@ -368,6 +370,7 @@ ALERTS: tuple[Alert, ...] = (
         1,
         1,
         Level.L2,
+        job=BACKUP,
     ),
     Alert(
         "backup-missing",
@@ -382,6 +385,7 @@ ALERTS: tuple[Alert, ...] = (
         1,
         Level.L2,
         missing_data="breaching",
+        job=BACKUP,
     ),
     Alert(
         "retraining-failed",
@@ -395,6 +399,7 @@ ALERTS: tuple[Alert, ...] = (
         1,
         1,
         Level.L1,
+        job=RETRAINING,
     ),
     Alert(
         "ingestion-failed",
@@ -408,6 +413,7 @@ ALERTS: tuple[Alert, ...] = (
         1,
         1,
         Level.L2,
+        job=INGESTION,
     ),
     Alert(
         "dead-letters",

@@ -28,7 +28,7 @@ from smartgrid.config import env_var
 
 from .data import Data
 from .permissions import TABLE_BACKUP, TABLE_READ, TABLE_WRITE, bucket_actions, table_actions
-from .runtime import Runtime
+from .runtime import Runtime, handler_exists
 
 
 class Jobs(Construct):
@@ -50,10 +50,12 @@ class Jobs(Construct):
 
         backup = runtime.function(BACKUP, asynchronous=True)
         table_actions(backup, list(tables.values()), TABLE_BACKUP)
-        # No delete: retention is the bucket's lifecycle, not code.
-        bucket_actions(backup, data.backups, ["s3:PutObject", "s3:GetObject"])
+        # No delete: retention is the bucket's lifecycle, not code. DynamoDB's export to S3
+        # writes as the caller, which also needs the multipart and ACL actions.
+        bucket_actions(
+            backup, data.backups, ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:PutObjectAcl"]
+        )
         bucket_actions(backup, data.models, ["s3:GetObject", "s3:GetObjectVersion"])
-        # DynamoDB's export writes into the backup bucket as the caller.
         backup.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["dynamodb:DescribeExport"], resources=[t.table_arn + "/export/*" for t in tables.values()]
@@ -91,6 +93,7 @@ class Jobs(Construct):
                 self,
                 f"{entry.job.name.title().replace('_', '')}Schedule",
                 description=f"{entry.job.description}: {entry.why}",
+                enabled=handler_exists(entry.job),
                 schedule=scheduler.ScheduleExpression.expression(entry.expression, cdk.TimeZone.ETC_UTC),
                 target=scheduler_targets.LambdaInvoke(
                     self.functions[entry.job.name],
@@ -105,6 +108,7 @@ class Jobs(Construct):
             self,
             "MeterDataArrived",
             description="New meter data in the meter-data bucket starts ingestion",
+            enabled=handler_exists(INGESTION),
             event_pattern=events.EventPattern(
                 source=["aws.s3"],
                 detail_type=["Object Created"],

@@ -37,6 +37,7 @@ from smartgrid.catalog import (
 )
 
 from ..settings import DeploySettings
+from .runtime import handler_exists
 
 COMPARISONS = {
     ">": cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -84,6 +85,21 @@ class Topics(Construct):
                 master_key=self.key,
                 enforce_ssl=True,
             )
+            # A topic policy replaces SNS's default one: CloudWatch must be allowed to publish,
+            # and only this account's alarms of this deployment.
+            topic.add_to_resource_policy(
+                iam.PolicyStatement(
+                    principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                    actions=["sns:Publish"],
+                    resources=[topic.topic_arn],
+                    conditions={
+                        "ArnLike": {
+                            "aws:SourceArn": f"arn:{cdk.Aws.PARTITION}:cloudwatch:{cdk.Aws.REGION}:"
+                            f"{cdk.Aws.ACCOUNT_ID}:alarm:{settings.prefix}-*"
+                        }
+                    },
+                )
+            )
             for address in settings.contacts(level):
                 topic.add_subscription(subscriptions.EmailSubscription(address))
             self.topics[level] = topic
@@ -106,6 +122,9 @@ class Alarms(Construct):
         self.placeholders = placeholders
         self.alarms: dict[str, cw.Alarm] = {}
         for alert in ALERTS:
+            if alert.job is not None and not handler_exists(alert.job):
+                cdk.Annotations.of(self).add_info(f"alarm {alert.id} waits for the {alert.job.name} job's code")
+                continue
             threshold = alert.threshold
             if alert.id in CONCURRENCY_FRACTION_ALERTS:
                 threshold = round(alert.threshold * settings.api_reserved_concurrency, 2)

@@ -5,6 +5,7 @@ from its ``FunctionSpec``."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 
 import aws_cdk as cdk
@@ -130,6 +131,17 @@ class Runtime(Construct):
             )
         self.functions[spec.name] = fn
         return fn
+
+
+def handler_exists(spec: FunctionSpec) -> bool:
+    """Whether the handler's module is in the package. A job whose code has not landed yet is
+    deployed but not started (its schedule or rule disabled) and not alarmed on, so that a
+    deploy never pages anyone about code that does not exist."""
+    module = spec.handler.rsplit(".", 1)[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def _camel(name: str) -> str:

@@ -341,6 +341,17 @@ async def docs_user(
 DocsUser = Annotated[str, Depends(docs_user)]
 
 
+def base_path(request: Request) -> str:
+    """The prefix clients put before the app's paths: API Gateway's stage (``/v1``) or a
+    custom domain's base path, which Mangum strips from ``event["path"]``; empty locally."""
+    event = request.scope.get("aws.event") or {}
+    outer = (event.get("requestContext") or {}).get("path") or ""
+    inner = event.get("path") or ""
+    if inner and outer.endswith(inner):
+        return outer[: len(outer) - len(inner)].rstrip("/")
+    return request.scope.get("root_path", "").rstrip("/")
+
+
 def hash_key(key: str) -> str:
     """The digest stored in SMARTGRID_API_KEYS for a key."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -445,8 +456,8 @@ def create_app(
         return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False)
-    async def docs(user: DocsUser, api_key: Annotated[str | None, Query()] = None) -> HTMLResponse:
-        spec = "/openapi.json" + (f"?api_key={quote(api_key)}" if api_key else "")
+    async def docs(request: Request, user: DocsUser, api_key: Annotated[str | None, Query()] = None) -> HTMLResponse:
+        spec = f"{base_path(request)}/openapi.json" + (f"?api_key={quote(api_key)}" if api_key else "")
         return get_swagger_ui_html(openapi_url=spec, title="smartgrid API")
 
     @app.get("/health", response_model=schemas.Health, tags=["operations"])
