@@ -28,7 +28,7 @@ from smartgrid.config import env_var
 
 from .data import Data
 from .permissions import TABLE_BACKUP, TABLE_READ, TABLE_WRITE, bucket_actions, table_actions
-from .runtime import Runtime, handler_exists
+from .runtime import Runtime, camel, handler_exists
 
 
 class Jobs(Construct):
@@ -91,7 +91,7 @@ class Jobs(Construct):
         for entry in SCHEDULES:
             self.schedules[entry.job.name] = scheduler.Schedule(
                 self,
-                f"{entry.job.name.title().replace('_', '')}Schedule",
+                f"{camel(entry.job.name)}Schedule",
                 description=f"{entry.job.description}: {entry.why}",
                 enabled=handler_exists(entry.job),
                 schedule=scheduler.ScheduleExpression.expression(entry.expression, cdk.TimeZone.ETC_UTC),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
+from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_lambda as lambda_
@@ -21,8 +22,8 @@ from ..settings import ROOT, DeploySettings
 from .data import Data
 
 RUNTIME = lambda_.Runtime.PYTHON_3_12  # .python-version: the tests' Python, and the layers' .pyc
-# What the function asset leaves out: caches, and the CLI-only and training-only code stays
-# (the package is one import tree; training modules are imported only by the retraining job).
+# What the function asset leaves out: bytecode caches (the package is one import tree, so the
+# training modules ship too; only the retraining job imports them).
 CODE_EXCLUDE = ["**/__pycache__", "**/*.pyc", "**/.DS_Store"]
 # The retraining image's build context is the repository root: only what the image copies.
 IMAGE_CONTEXT = ["*", "!pyproject.toml", "!uv.lock", "!README.md", "!functions", "!infra/retraining.Dockerfile"]
@@ -86,7 +87,7 @@ class Runtime(Construct):
         it retries twice and then leaves the event in the dead-letter queue."""
         log_group = logs.LogGroup(
             self,
-            f"{_camel(spec.name)}Logs",
+            f"{camel(spec.name)}Logs",
             retention=LOG_RETENTION,
             removal_policy=cdk.RemovalPolicy.RETAIN if self.settings.production else cdk.RemovalPolicy.DESTROY,
         )
@@ -107,7 +108,7 @@ class Runtime(Construct):
         if spec.container:
             fn = lambda_.DockerImageFunction(
                 self,
-                _camel(spec.name),
+                camel(spec.name),
                 code=lambda_.DockerImageCode.from_image_asset(
                     str(ROOT),
                     file="infra/retraining.Dockerfile",
@@ -121,7 +122,7 @@ class Runtime(Construct):
         else:
             fn = lambda_.Function(
                 self,
-                _camel(spec.name),
+                camel(spec.name),
                 runtime=RUNTIME,
                 code=self.code,
                 handler=spec.handler,
@@ -144,11 +145,11 @@ def handler_exists(spec: FunctionSpec) -> bool:
         return False
 
 
-def _camel(name: str) -> str:
+def camel(name: str) -> str:
     return "".join(part.title() for part in name.split("_"))
 
 
-def _platform(architecture: str):
+def _platform(architecture: str) -> Any:
     from aws_cdk import aws_ecr_assets as ecr_assets
 
     return ecr_assets.Platform.LINUX_ARM64 if architecture == "arm64" else ecr_assets.Platform.LINUX_AMD64
