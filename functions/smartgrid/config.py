@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     meter_data_bucket: str = "smartgrid-meter-data"
     alert_topics: dict[str, str] = Field(default_factory=dict)  # escalation level (L1..L3) -> topic ARN
     api_url: str | None = None  # the deployed API's base URL (the health probe calls its /health)
+
+    # --- Jobs (issue 5). Key prefixes inside the buckets:
+    # models bucket: model sets under ``models/<set id>/`` and the champion pointer and
+    # retraining decisions under ``registry/``; backups bucket: ``backups/<backup id>/``;
+    # meter-data bucket: files arrive under ``incoming/`` (catalog.METER_DATA_PREFIX), accepted
+    # readings are stored under ``accepted/``, rejected files moved to ``rejected/``.
+    model_refresh_s: int = Field(default=300, ge=0)  # API containers check the champion pointer this often
+    model_cache_dir: Path = Path("/tmp/smartgrid-models")  # where a container keeps downloaded model sets
+    retrain_holdout_days: int = Field(default=14, ge=1, le=90)  # champion and challenger scored on these
     # DynamoDB calls from the API: short timeouts so a slow dependency degrades, not hangs.
     dynamodb_connect_timeout_s: float = Field(default=1.0, gt=0, le=10)
     dynamodb_read_timeout_s: float = Field(default=2.0, gt=0, le=30)

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import API_AVAILABILITY, API_PROBE_LATENCY_SECONDS, HEALTH_PROBE, JOB_DIMENSION
+from ..catalog import API_AVAILABILITY, API_PROBE_LATENCY_SECONDS, HEALTH_PROBE
 from ..config import get_settings
-from ..observability import logger, metrics, tracer
+from ..observability import logger, metrics
 from ..probe import ProbeResult, probe
+from .runner import job
 
 # Below the function's timeout, with room to flush metrics.
 PROBE_TIMEOUT_S = min(10.0, HEALTH_PROBE.timeout_s / 2)
 
 
 def report(result: ProbeResult) -> None:
-    metrics.add_dimension(name=JOB_DIMENSION, value=HEALTH_PROBE.name)
     metrics.add_metric(name=API_AVAILABILITY, unit="Count", value=1 if result.available else 0)
     if result.http_status is not None:
         metrics.add_metric(name=API_PROBE_LATENCY_SECONDS, unit="Seconds", value=round(result.latency_s, 4))
@@ -33,9 +33,7 @@ def report(result: ProbeResult) -> None:
         logger.warning("api not ok", extra={**fields, "body": result.body, "error": result.error})
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
-@tracer.capture_lambda_handler(capture_response=False)
+@job(HEALTH_PROBE)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     settings = get_settings()
     if not settings.api_url:

@@ -1,0 +1,3 @@
+"""`smartgrid backup`, `smartgrid backups list`, `smartgrid restore` (issue 5)."""
+
+from __future__ import annotations

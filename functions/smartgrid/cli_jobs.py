@@ -1,0 +1,3 @@
+"""`smartgrid ingest` and `smartgrid usage` (issue 5)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""`smartgrid ops check` (issue 5)."""
+
+from __future__ import annotations
