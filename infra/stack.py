@@ -7,7 +7,8 @@ from typing import Any
 import aws_cdk as cdk
 from constructs import Construct
 
-from smartgrid.catalog import JOBS
+from smartgrid.catalog import ALARM_PREFIX_OUTPUT, API_URL_OUTPUT, JOBS, OPS_SETTINGS, stack_output_key
+from smartgrid.config import env_var
 
 from .constructs.api import STAGE, Api
 from .constructs.data import Data
@@ -46,3 +47,16 @@ class SmartgridStack(cdk.Stack):
             self, "Alarms", settings=settings, topics=dict(self.topics.topics), placeholders=placeholders
         )
         self.dashboard = Dashboard(self, "Dashboard", settings=settings, alarms=self.alarms)
+
+        # What `smartgrid ops check --stack <name>` reads: the deployed names of what Settings
+        # points at, the API's URL and the alarms' prefix.
+        deployed = {
+            **{setting: table.table_name for setting, table in self.data.tables.items()},
+            "models_bucket": self.data.models.bucket_name,
+            "backups_bucket": self.data.backups.bucket_name,
+            "meter_data_bucket": self.data.meter_data.bucket_name,
+        }
+        for setting in OPS_SETTINGS:
+            cdk.CfnOutput(self, stack_output_key(setting), value=deployed[setting], description=env_var(setting))
+        cdk.CfnOutput(self, API_URL_OUTPUT, value=self.api.rest_api.url, description="The API's base URL")
+        cdk.CfnOutput(self, ALARM_PREFIX_OUTPUT, value=settings.prefix, description="Prefix of the alarms' names")

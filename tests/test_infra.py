@@ -582,3 +582,13 @@ def test_arm64_deploys_arm64_functions_and_layers(built_layers, tmp_path):
     fns = [p for p in props(template, "AWS::Lambda::Function")]
     assert fns and all(p["Architectures"] == ["arm64"] for p in fns)
     assert all(p["CompatibleArchitectures"] == ["arm64"] for p in props(template, "AWS::Lambda::LayerVersion"))
+
+
+def test_outputs_name_what_ops_check_reads(template):
+    outputs = template["Outputs"]
+    for setting in catalog.OPS_SETTINGS:
+        out = outputs[catalog.stack_output_key(setting)]
+        assert out["Description"] == env_var(setting)
+        assert out["Value"]["Ref"] in template["Resources"]
+    assert outputs[catalog.ALARM_PREFIX_OUTPUT]["Value"] == "smartgrid-dev"
+    assert "execute-api" in json.dumps(outputs[catalog.API_URL_OUTPUT]["Value"])

@@ -481,3 +481,23 @@ def alert_table_markdown() -> str:
         if a.mapping:
             notes.append(f"- `{a.id}`: {a.mapping}")
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
+
+
+# --- Stack outputs that `smartgrid ops check --stack NAME` reads: the deployed names of what
+# Settings points at (tables, buckets), the API's URL and the alarms' name prefix.
+API_URL_OUTPUT = "ApiUrl"
+ALARM_PREFIX_OUTPUT = "AlarmPrefix"
+OPS_SETTINGS = (
+    "predictions_table",
+    "actuals_table",
+    "cache_table",
+    "idempotency_table",
+    "models_bucket",
+    "backups_bucket",
+    "meter_data_bucket",
+)
+
+
+def stack_output_key(setting: str) -> str:
+    """The CloudFormation output key that carries a Settings field's deployed value."""
+    return "Setting" + "".join(part.title() for part in setting.split("_"))

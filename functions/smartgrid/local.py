@@ -67,7 +67,7 @@ def serve(host: str, port: int, api_key: str | None, emulator_port: int | None) 
     from .api.app import create_app
     from .catalog import SERVICE
     from .config import get_settings
-    from .store.tables import create_tables
+    from .store.provision import provision
 
     emulator = start_emulator(port=emulator_port)
     key = api_key or secrets.token_urlsafe(18)
@@ -76,7 +76,7 @@ def serve(host: str, port: int, api_key: str | None, emulator_port: int | None) 
     get_settings.cache_clear()
     settings = get_settings()
     try:
-        create_tables(settings)
+        provision(settings)  # tables and buckets, as the CDK app makes them
         app = create_app(settings, flush_metrics=True)
         ms = app.state.service.models
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
@@ -91,6 +91,7 @@ def serve(host: str, port: int, api_key: str | None, emulator_port: int | None) 
             f"  curl -s -H 'x-api-key: {key}' -H 'content-type: application/json' "
             f"--data @examples/predict_single.json {url}/predict/single"
         )
+        print(f"  AWS_ENDPOINT_URL={emulator.endpoint} smartgrid ops check --url {url}")
         print("Ctrl-C stops the API and the emulator.", flush=True)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:

@@ -137,4 +137,3 @@ class Api(Construct):
             plan.add_api_key(key)
             self.keys[client] = key
             cdk.CfnOutput(self, f"ApiKeyId-{client}", value=key.key_id, description=f"API key id of {client}")
-        cdk.CfnOutput(self, "Url", value=self.rest_api.url, description="The API's base URL")

@@ -1,0 +1,32 @@
+"""What the CDK app creates in AWS, created on an emulator (the local run, tests): the tables
+from the pynamodb definitions with point-in-time recovery on, and the three buckets, the
+models bucket versioned. Idempotent."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from .aws import client
+from .tables import TABLES, create_tables
+
+BUCKETS = ("models_bucket", "backups_bucket", "meter_data_bucket")
+
+
+def provision(settings: Settings) -> None:
+    create_tables(settings)
+    ddb = client("dynamodb", settings)
+    for setting in TABLES:
+        ddb.update_continuous_backups(
+            TableName=getattr(settings, setting),
+            PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+        )
+    s3 = client("s3", settings)
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for setting in BUCKETS:
+        name = getattr(settings, setting)
+        if name not in existing:
+            if settings.aws_region == "us-east-1":
+                s3.create_bucket(Bucket=name)
+            else:
+                s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": settings.aws_region})
+        if setting == "models_bucket":
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})

@@ -1,0 +1,113 @@
+"""`smartgrid ops check` against moto: the local stack provisioned as the CDK app makes it,
+a deployed stack found by its CloudFormation outputs, and each kind of failure marked."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from typer.testing import CliRunner
+
+from smartgrid import catalog, ops
+from smartgrid.cli import app
+from smartgrid.config import get_settings
+from smartgrid.store.aws import client, reset_clients
+from smartgrid.store.provision import provision
+
+
+class _Health(BaseHTTPRequestHandler):
+    status = "ok"
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({"status": type(self).status}).encode()
+        self.send_response(200 if type(self).status != "critical" else 503)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None: ...
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[str, type[_Health]]]:
+    handler = type("Health", (_Health,), {"status": "ok"})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def stack(aws):
+    reset_clients()
+    provision(get_settings())
+    yield get_settings()
+    reset_clients()
+
+
+def _by_name(checks: list[ops.Check]) -> dict[str, ops.Check]:
+    return {c.name: c for c in checks}
+
+
+def test_a_healthy_stack_is_all_ok(stack, api):
+    checks = ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=None)  # type: ignore[arg-type]
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+    names = [c.name for c in checks]
+    assert names[0] == "api" and names[-1] == "alarms"
+    assert {"table predictions", "table actuals", "bucket models", "bucket backups", "bucket meter_data"} <= set(names)
+
+
+def test_each_problem_is_its_own_line(stack, api):
+    api[1].status = "degraded"
+    cw = client("cloudwatch", stack)
+    cw.put_metric_alarm(
+        AlarmName="smartgrid-test-api-down",
+        MetricName="api_availability",
+        Namespace="Smartgrid",
+        Statistic="Maximum",
+        Period=60,
+        EvaluationPeriods=2,
+        Threshold=1,
+        ComparisonOperator="LessThanThreshold",
+    )
+    cw.set_alarm_state(AlarmName="smartgrid-test-api-down", StateValue="ALARM", StateReason="probe failed")
+    client("dynamodb", stack).update_continuous_backups(
+        TableName=stack.actuals_table, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": False}
+    )
+    client("s3", stack).delete_bucket(Bucket=stack.meter_data_bucket)
+    checks = _by_name(ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=None))  # type: ignore[arg-type]
+    bad = {name for name, c in checks.items() if not c.ok}
+    assert bad == {"api", "table actuals", "bucket meter_data", "alarms"}
+    assert "degraded" in checks["api"].detail
+    assert "PITR DISABLED" in checks["table actuals"].detail
+    assert "could not check" in checks["bucket meter_data"].detail
+    assert "smartgrid-test-api-down" in checks["alarms"].detail
+
+
+def test_the_cli_finds_a_deployed_stack_by_its_outputs_and_exits_1_on_a_problem(stack, api):
+    names = {s: getattr(stack, s) for s in catalog.OPS_SETTINGS}
+    outputs = {catalog.stack_output_key(s): {"Value": v} for s, v in names.items()}
+    outputs[catalog.API_URL_OUTPUT] = {"Value": api[0]}
+    outputs[catalog.ALARM_PREFIX_OUTPUT] = {"Value": "smartgrid-prod"}
+    template = {"Resources": {"Nothing": {"Type": "AWS::CloudFormation::WaitConditionHandle"}}, "Outputs": outputs}
+    client("cloudformation", stack).create_stack(StackName="Smartgrid-prod", TemplateBody=json.dumps(template))
+    runner = CliRunner()
+    ok = runner.invoke(app, ["ops", "check", "--stack", "Smartgrid-prod", "--json"])
+    assert ok.exit_code == 0, ok.output
+    lines = json.loads(ok.output)
+    assert all(line["ok"] for line in lines)
+    assert any(api[0] in line["detail"] for line in lines if line["check"] == "api")
+    api[1].status = "critical"
+    down = runner.invoke(app, ["ops", "check", "--stack", "Smartgrid-prod"])
+    assert down.exit_code == 1 and "NOT OK" in down.output
+
+
+def test_a_stack_without_our_outputs_is_refused(stack):
+    template = {"Resources": {"Nothing": {"Type": "AWS::CloudFormation::WaitConditionHandle"}}}
+    client("cloudformation", stack).create_stack(StackName="Other", TemplateBody=json.dumps(template))
+    res = CliRunner().invoke(app, ["ops", "check", "--stack", "Other"])
+    assert res.exit_code == 2 and "is it a smartgrid stack" in res.output
