@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from typer.testing import CliRunner
 
 from smartgrid import catalog, ops
+from smartgrid.backup import run_backup
 from smartgrid.cli import app
 from smartgrid.config import get_settings
+from smartgrid.model_registry import publish, record_decision
 from smartgrid.store.aws import client, reset_clients
 from smartgrid.store.provision import provision
 
@@ -21,7 +24,7 @@ from smartgrid.store.provision import provision
 class _Health(BaseHTTPRequestHandler):
     status = "ok"
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = json.dumps({"status": type(self).status}).encode()
         self.send_response(200 if type(self).status != "critical" else 503)
         self.send_header("content-type", "application/json")
@@ -41,11 +44,31 @@ def api() -> Iterator[tuple[str, type[_Health]]]:
     server.server_close()
 
 
+NOW = datetime.now(UTC)
+
+
 @pytest.fixture
 def stack(aws):
+    """The local stack after a day of operation: the bundled models published as champion,
+    a retraining round recorded, last night's backup written and verified."""
     reset_clients()
-    provision(get_settings())
-    yield get_settings()
+    settings = get_settings()
+    provision(settings)
+    publish(settings, settings.model_dir, reason="first deploy")
+    record_decision(
+        settings,
+        {
+            "kind": "retraining",
+            "status": "kept",
+            "reason": "challenger not better",
+            "champion": {"mape": 2.5},
+            "challenger": {"mape": 3.1},
+            "started_at": (NOW - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "finished_at": (NOW - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
+    run_backup(settings, now=NOW - timedelta(hours=5))
+    yield settings
     reset_clients()
 
 
@@ -54,11 +77,32 @@ def _by_name(checks: list[ops.Check]) -> dict[str, ops.Check]:
 
 
 def test_a_healthy_stack_is_all_ok(stack, api):
-    checks = ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=None)  # type: ignore[arg-type]
+    checks = ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=NOW)
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
     names = [c.name for c in checks]
     assert names[0] == "api" and names[-1] == "alarms"
     assert {"table predictions", "table actuals", "bucket models", "bucket backups", "bucket meter_data"} <= set(names)
+    lines = _by_name(checks)
+    assert "verified" in lines["backup"].detail and "5.0 h ago" in lines["backup"].detail
+    assert "kept 3 days ago (champion MAPE 2.50%, challenger MAPE 3.10%)" in lines["retraining"].detail
+    assert "champion" in lines["models"].detail and "first deploy" in lines["models"].detail
+
+
+def test_an_overdue_backup_a_damaged_one_and_no_retraining_are_not_ok(stack, api):
+    later = NOW + timedelta(days=40)
+    lines = _by_name(ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=later))
+    assert not lines["backup"].ok and "overdue" in lines["backup"].detail
+    assert not lines["retraining"].ok and "overdue" in lines["retraining"].detail
+    # flip a byte in one of the backup's objects: the check reads every checksum
+    s3 = client("s3", stack)
+    key = next(
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=stack.backups_bucket)["Contents"]
+        if o["Key"].endswith("config.json")
+    )
+    s3.put_object(Bucket=stack.backups_bucket, Key=key, Body=b"{}")
+    lines = _by_name(ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=NOW))
+    assert not lines["backup"].ok, lines["backup"]
 
 
 def test_each_problem_is_its_own_line(stack, api):
@@ -79,7 +123,7 @@ def test_each_problem_is_its_own_line(stack, api):
         TableName=stack.actuals_table, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": False}
     )
     client("s3", stack).delete_bucket(Bucket=stack.meter_data_bucket)
-    checks = _by_name(ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=None))  # type: ignore[arg-type]
+    checks = _by_name(ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=NOW))
     bad = {name for name, c in checks.items() if not c.ok}
     assert bad == {"api", "table actuals", "bucket meter_data", "alarms"}
     assert "degraded" in checks["api"].detail

@@ -40,6 +40,7 @@ JOB_SUCCEEDED_TOTAL = "job_succeeded_total"
 JOB_FAILED_TOTAL = "job_failed_total"
 API_AVAILABILITY = "api_availability"  # 1 when /health answered 200 within the timeout, else 0
 API_PROBE_LATENCY_SECONDS = "api_probe_latency_seconds"
+METER_FILES_REJECTED_TOTAL = "meter_files_rejected_total"  # meter-data files moved to rejected/ (bad data)
 
 # The dimensions every runtime metric carries (Powertools adds ``service``); jobs add ``job``.
 SERVICE_DIMENSIONS: dict[str, str] = {"service": SERVICE}

@@ -47,6 +47,7 @@ class ModelSet:
     directory: Path
     models: dict[str, LoadedModel] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    set_id: str | None = None  # the registry's model set (None: the bundled or a local directory)
 
     @classmethod
     def load(cls, directory: str | Path, threads: int = 1) -> ModelSet:

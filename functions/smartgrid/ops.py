@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -19,6 +19,8 @@ from .probe import probe
 from .store import status
 
 PROBE_TIMEOUT_S = 5.0
+MAX_BACKUP_AGE = timedelta(hours=26)  # daily at 02:00, with room for a slow run
+MAX_RETRAINING_AGE = timedelta(days=32)  # monthly on the 1st
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,67 @@ def check_bucket(setting: str, settings: Settings) -> Check:
     return Check(_label(setting), ok, f"{name}: reachable, versioning {s['versioning']}")
 
 
+def _age(then: datetime, now: datetime) -> str:
+    hours = (now - then).total_seconds() / 3600
+    return f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.0f} days ago"
+
+
+def check_models(settings: Settings, now: datetime) -> Check:
+    """The champion set the API serves, verified (every file's sha256), and its age."""
+    from .model_registry import read_champion, verify_set
+
+    champion = read_champion(settings)
+    if champion is None:
+        return Check("models", True, "no champion set: the bundled models serve (`smartgrid models publish`)")
+    info = verify_set(settings, champion.set_id)
+    promoted = datetime.fromisoformat(champion.promoted_at.replace("Z", "+00:00"))
+    return Check(
+        "models",
+        True,
+        f"champion {info.set_id}, verified, promoted {_age(promoted, now)} ({champion.reason})",
+    )
+
+
+def check_backup(settings: Settings, now: datetime) -> Check:
+    """The newest backup: verified (every object's sha256) and no older than a day and a bit."""
+    from .backup import list_backups, verify_backup
+
+    backups = list_backups(settings)
+    if not backups:
+        return Check("backup", False, f"no backup in {settings.backups_bucket}")
+    newest = backups[0]
+    if newest.status != "verified":
+        return Check("backup", False, f"newest backup {newest.backup_id} is {newest.status}: {newest.problem or ''}")
+    verify_backup(settings, newest.backup_id)  # raises, with every problem, if it does not verify
+    fresh = now - newest.created_at <= MAX_BACKUP_AGE
+    return Check(
+        "backup",
+        fresh,
+        f"{newest.backup_id}, verified, {_age(newest.created_at, now)}"
+        + ("" if fresh else f" (the daily backup is overdue: more than {MAX_BACKUP_AGE} ago)"),
+    )
+
+
+def check_retraining(settings: Settings, now: datetime) -> Check:
+    """The last monthly retraining round: its decision and both scores."""
+    from .model_registry import list_decisions, read_decision
+
+    for key in sorted(list_decisions(settings), reverse=True):
+        d = read_decision(settings, key)
+        if d.get("kind") != "retraining":
+            continue
+        finished = datetime.fromisoformat(str(d.get("finished_at") or d["started_at"]).replace("Z", "+00:00"))
+        scores = ", ".join(
+            f"{side} MAPE {d[side]['mape']:.2f}%"
+            for side in ("champion", "challenger")
+            if isinstance(d.get(side), dict) and d[side].get("mape") is not None
+        )
+        fresh = now - finished <= MAX_RETRAINING_AGE
+        text = f"{d['status']} {_age(finished, now)}" + (f" ({scores})" if scores else "") + f": {d.get('reason', '')}"
+        return Check("retraining", fresh, text if fresh else text + " (the monthly round is overdue)")
+    return Check("retraining", False, "no retraining decision yet (the first round runs on the 1st, 00:00 UTC)")
+
+
 def check_alarms(prefix: str | None, settings: Settings) -> Check:
     if not prefix:
         return Check("alarms", False, "no alarm name prefix (pass --alarm-prefix or --stack)")
@@ -89,12 +152,16 @@ def check_alarms(prefix: str | None, settings: Settings) -> Check:
     return Check("alarms", False, "in ALARM: " + ", ".join(a["name"] for a in firing))
 
 
-def run(target: Target, now: datetime, extra: list[tuple[str, Callable[[], Check]]] | None = None) -> list[Check]:
+def run(target: Target, now: datetime) -> list[Check]:
     s = target.settings
     checks: list[tuple[str, Callable[[], Check]]] = [("api", lambda: check_api(target.api_url))]
     checks += [(_label(f), partial(check_table, f, s)) for f in OPS_SETTINGS if f.endswith("_table")]
     checks += [(_label(f), partial(check_bucket, f, s)) for f in OPS_SETTINGS if f.endswith("_bucket")]
-    checks += extra or []
+    checks += [
+        ("models", partial(check_models, s, now)),
+        ("backup", partial(check_backup, s, now)),
+        ("retraining", partial(check_retraining, s, now)),
+    ]
     checks.append(("alarms", lambda: check_alarms(target.alarm_prefix, s)))
     return [_guard(name, fn) for name, fn in checks]
 

@@ -50,6 +50,7 @@ from .errors import (
 )
 from .features import HolidayCalendar
 from .forecast import Forecast, Forecaster, ModelSet
+from .model_registry import ChampionWatcher
 from .observability import logger, metrics
 from .registry import ANOMALY_DETECTOR, BASELINE_FORECAST, LOAD_FORECAST, MODEL_NAMES
 
@@ -182,20 +183,15 @@ class PredictionService:
         models: ModelSet,
         store_factory: Callable[[], Store],
         clock: Callable[[], datetime] = utcnow,
+        watcher: ChampionWatcher | None = None,
     ) -> None:
         self.settings = settings
-        self.models = models
         self._store_factory = store_factory
         self.clock = clock
         self.started = time.monotonic()
         self.calendar = HolidayCalendar(settings.holiday_country, settings.holiday_subdivision)
-        self.forecaster = Forecaster(models, self.calendar, settings.flatline_hours)
-        versions = {n: (m.meta.version if (m := models.get(n)) else None) for n in MODEL_NAMES}
-        # Part of every cache key: a new model set (or calendar, or flatline rule, which decides
-        # primary vs fallback) never serves old forecasts.
-        self._model_key = digest(
-            [versions, settings.holiday_country, settings.holiday_subdivision, settings.flatline_hours]
-        )
+        self._watcher = watcher  # follows the registry's champion pointer (None: these models only)
+        self._use_models(models)
         self._cache_down_until = 0.0  # after a cache failure, skip the cache for a while
         self._checks: dict[str, threading.Thread] = {}  # health checks in flight
         # The cache's first tier: this container's memory (entry -> (valid until, value)),
@@ -203,6 +199,22 @@ class PredictionService:
         self._memory: TLRUCache[str, tuple[float, dict[str, Any]]] = TLRUCache(
             maxsize=1024, ttu=lambda _k, v, _now: v[0], timer=lambda: self.clock().timestamp()
         )
+
+    def _use_models(self, models: ModelSet) -> None:
+        self.models = models
+        self.forecaster = Forecaster(models, self.calendar, self.settings.flatline_hours)
+        versions = {n: (m.meta.version if (m := models.get(n)) else None) for n in MODEL_NAMES}
+        # Part of every cache key: a new model set (or calendar, or flatline rule, which decides
+        # primary vs fallback) never serves old forecasts.
+        self._model_key = digest(
+            [versions, self.settings.holiday_country, self.settings.holiday_subdivision, self.settings.flatline_hours]
+        )
+
+    def refresh_models(self) -> None:
+        """Swap to a newly promoted model set without a redeploy: the watcher checks the
+        champion pointer at most every ``model_refresh_s`` and never raises."""
+        if self._watcher is not None and (models := self._watcher.poll()) is not None:
+            self._use_models(models)
 
     @cached_property
     def store(self) -> Store:
@@ -223,6 +235,7 @@ class PredictionService:
         retry with the same Idempotency-Key completes the request without duplicates.
         Batches are batched all the way: one cache read (BatchGetItem), one model run, and
         writes of 25 items a call."""
+        self.refresh_models()
         now = self.clock()
         claim: Claim | None = None
         if idempotency_key is not None:
@@ -535,6 +548,7 @@ class PredictionService:
 
     # -- anomalies
     def detect(self, timestamps: Sequence[str], load: Sequence[float], threshold: float | None) -> dict[str, Any]:
+        self.refresh_models()
         model = self.models.get(ANOMALY_DETECTOR)
         if model is None:
             raise ForecastUnavailableError(
@@ -651,7 +665,10 @@ def _forecast_json(fc: Forecast) -> dict[str, Any]:
 
 
 def build_service(settings: Settings) -> PredictionService:
-    """Load the models once (per process / Lambda container) and wire the DynamoDB store."""
+    """Load the models once (per process / Lambda container) and wire the DynamoDB store.
+    The bundled models serve until the first request that uses models has checked the
+    registry's champion pointer (importing the handler stays free of the AWS SDK); from then
+    on the champion set serves when there is one, followed every ``model_refresh_s``."""
     models = ModelSet.load(settings.model_dir, threads=settings.ort_threads)
 
     def store_factory() -> Store:
@@ -659,4 +676,4 @@ def build_service(settings: Settings) -> PredictionService:
 
         return DynamoStore(settings)
 
-    return PredictionService(settings, models, store_factory)
+    return PredictionService(settings, models, store_factory, watcher=ChampionWatcher(settings, models.set_id))

@@ -16,7 +16,7 @@ from smartgrid.config import env_var
 
 from ..settings import DeploySettings
 from .data import Data
-from .permissions import TABLE_READ, TABLE_WRITE, table_actions
+from .permissions import TABLE_READ, TABLE_WRITE, bucket_actions, table_actions
 from .runtime import LOG_RETENTION, Runtime
 
 STAGE = "v1"
@@ -51,6 +51,7 @@ class Api(Construct):
         )
         self.function = fn
         table_actions(fn, list(data.tables.values()), TABLE_READ + TABLE_WRITE)
+        bucket_actions(fn, data.models, ["s3:GetObject"])  # the champion model set, picked up live
         # Requests go to the published alias: SnapStart restores published versions only.
         self.alias = lambda_.Alias(self, "Live", alias_name="live", version=fn.current_version)
         cdk.Validations.of(fn).acknowledge(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
@@ -30,6 +29,9 @@ from .data import Data
 from .permissions import TABLE_BACKUP, TABLE_READ, TABLE_WRITE, bucket_actions, table_actions
 from .runtime import Runtime, camel, handler_exists
 
+# Jobs scan and write in bulk: DynamoDB timeouts longer than the API's (tuned to fail fast).
+JOB_ENV = {env_var("dynamodb_read_timeout_s"): "10", env_var("dynamodb_connect_timeout_s"): "3"}
+
 
 class Jobs(Construct):
     def __init__(
@@ -48,19 +50,13 @@ class Jobs(Construct):
         }
         tables = data.tables
 
-        backup = runtime.function(BACKUP, asynchronous=True)
+        backup = runtime.function(BACKUP, asynchronous=True, environment=JOB_ENV)
         table_actions(backup, list(tables.values()), TABLE_BACKUP)
-        # No delete: retention is the bucket's lifecycle, not code. DynamoDB's export to S3
-        # writes as the caller, which also needs the multipart and ACL actions.
-        bucket_actions(
-            backup, data.backups, ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:PutObjectAcl"]
-        )
-        bucket_actions(backup, data.models, ["s3:GetObject", "s3:GetObjectVersion"])
-        backup.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["dynamodb:DescribeExport"], resources=[t.table_arn + "/export/*" for t in tables.values()]
-            )
-        )
+        # No delete of backups: retention is the bucket's lifecycle, not code. The one delete
+        # is of a manifest that did not read back, so that no manifest claims a bad backup.
+        bucket_actions(backup, data.backups, ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"])
+        bucket_actions(backup, data.backups, ["s3:DeleteObject"], objects="backups/*/manifest.json")
+        bucket_actions(backup, data.models, ["s3:GetObject"])
 
         retraining = runtime.function(RETRAINING, asynchronous=True)
         bucket_actions(retraining, data.meter_data, ["s3:GetObject"])
@@ -68,11 +64,12 @@ class Jobs(Construct):
 
         probe = runtime.function(HEALTH_PROBE, asynchronous=True, environment={env_var("api_url"): api_url})
 
-        usage = runtime.function(USAGE_REPORT, asynchronous=True, environment=topic_env)
+        usage = runtime.function(USAGE_REPORT, asynchronous=True, environment={**JOB_ENV, **topic_env})
         table_actions(usage, [tables["predictions_table"]], ["dynamodb:Scan", "dynamodb:DescribeTable"])
         topics[Level.L1].grant_publish(usage)
 
-        ingestion = runtime.function(INGESTION, asynchronous=True, environment=topic_env)
+        ingestion = runtime.function(INGESTION, asynchronous=True, environment={**JOB_ENV, **topic_env})
+        bucket_actions(ingestion, data.models, ["s3:GetObject"])  # the champion models, as the API
         # Accepted readings are stored; a rejected file is moved aside (copied, then deleted).
         bucket_actions(ingestion, data.meter_data, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
         table_actions(ingestion, [tables["predictions_table"]], TABLE_READ)

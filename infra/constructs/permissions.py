@@ -14,9 +14,7 @@ TABLE_WRITE = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
 TABLE_BACKUP = [
     "dynamodb:DescribeTable",
     "dynamodb:Scan",  # the portable copy of every item
-    "dynamodb:CreateBackup",
-    "dynamodb:DescribeContinuousBackups",
-    "dynamodb:ExportTableToPointInTime",
+    "dynamodb:CreateBackup",  # and an on-demand backup beside it
 ]  # no writes: restores are run by an operator (`smartgrid restore`), with the operator's rights
 
 
@@ -24,8 +22,8 @@ def table_actions(fn: lambda_.IFunction, tables: list[dynamodb.ITable], actions:
     fn.add_to_role_policy(iam.PolicyStatement(actions=sorted(set(actions)), resources=[t.table_arn for t in tables]))
 
 
-def bucket_actions(fn: lambda_.IFunction, bucket: s3.IBucket, object_actions: list[str]) -> None:
-    """Object actions on the bucket's objects (their keys are made at run time: timestamped
-    backups, model versions, arriving files), and listing of that bucket only."""
-    fn.add_to_role_policy(iam.PolicyStatement(actions=object_actions, resources=[bucket.arn_for_objects("*")]))
+def bucket_actions(fn: lambda_.IFunction, bucket: s3.IBucket, object_actions: list[str], objects: str = "*") -> None:
+    """Object actions on the bucket's objects under ``objects`` (their keys are made at run
+    time: timestamped backups, model versions, arriving files), and listing of that bucket."""
+    fn.add_to_role_policy(iam.PolicyStatement(actions=object_actions, resources=[bucket.arn_for_objects(objects)]))
     fn.add_to_role_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))

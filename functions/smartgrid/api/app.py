@@ -476,7 +476,9 @@ def create_app(
 
     @app.get("/models", response_model=schemas.ModelList, tags=["models"])
     async def models(user: User) -> JSONResponse:
-        return JSONResponse({"models": svc.models.describe()}, headers={"Cache-Control": "max-age=3600"})
+        svc.refresh_models()
+        body = {"set_id": svc.models.set_id, "models": svc.models.describe()}
+        return JSONResponse(body, headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/predict/single", response_model=schemas.Prediction, tags=["predictions"])
     async def predict_single(

@@ -210,6 +210,9 @@ class ModelInfo(BaseModel):
 
 
 class ModelList(BaseModel):
+    set_id: str | None = Field(
+        default=None, description="The registry's model set serving (null: the models bundled with the code)"
+    )
     models: list[ModelInfo]
 
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,20 @@ from ..errors import ConflictError, DataValidationError, Problem
 from ..observability import logger, trace_aws_sdk
 from ..service import Claim, Page, PredictionRecord, new_prediction_id
 from .tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem, bind
+
+
+@dataclass(frozen=True)
+class OnceClaim:
+    state: str  # "claimed" | "completed" | "busy"
+    until: float  # the claim's in_progress_until (the holder passes it to finish_once)
+
+
+@dataclass
+class PredictionCount:
+    per_user: dict[str, int]
+    pages: int  # Scan calls made
+    scanned: int  # items DynamoDB read (before the filter)
+
 
 _HEALTH_KEY = "__health__"
 _MAX_UNPROCESSED_RETRIES = 5
@@ -296,6 +311,106 @@ class DynamoStore:
     def release_claim(self, user_id: str, key: str, until: float) -> None:
         """Nothing was stored: the key is free again (for a corrected body too)."""
         IdempotencyItem(f"{user_id}#{key}").delete(condition=self._held(until))
+
+    # -- once-only work of the jobs (a meter file's ingestion): markers in the idempotency table
+    # under keys of their own prefix (``ingest#...``), claimed by one attempt at a time.
+    def claim_once(self, key: str, attempt: str, now: datetime, hold_s: float, keep_s: float) -> OnceClaim:
+        """Claim ``key`` for ``attempt`` (an event id: a retry of the same event carries it)
+        for ``hold_s`` seconds. ``completed``: done before; ``busy``: another attempt holds it
+        (it finishes it or, failing, its own retries do); ``claimed``: go ahead. A claim held
+        by the same attempt (its retry after a crash) or past its window is taken over."""
+        until = now.timestamp() + hold_s
+        item = IdempotencyItem(
+            key,
+            status="IN_PROGRESS",
+            request_digest=attempt,
+            prediction_ids=[],
+            created_at=now,
+            in_progress_until=until,
+            expires_at=now + timedelta(seconds=keep_s),
+        )
+        try:
+            item.save(condition=IdempotencyItem.key.does_not_exist())
+            return OnceClaim("claimed", until)
+        except PutError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+        existing = IdempotencyItem.get(key, consistent_read=True)
+        if existing.status == "COMPLETED":
+            return OnceClaim("completed", 0.0)
+        if existing.request_digest != attempt and existing.in_progress_until > now.timestamp():
+            return OnceClaim("busy", float(existing.in_progress_until))
+        try:
+            existing.update(
+                actions=[IdempotencyItem.in_progress_until.set(until), IdempotencyItem.request_digest.set(attempt)],
+                condition=self._held(existing.in_progress_until),
+            )
+        except UpdateError as exc:
+            if exc.cause_response_code == "ConditionalCheckFailedException":
+                return OnceClaim("busy", 0.0)  # another attempt took it over first
+            raise
+        return OnceClaim("claimed", until)
+
+    def finish_once(self, key: str, until: float, completed: bool) -> bool:
+        """Mark the work done (``completed``) or free the claim for the next attempt at once.
+        False when the claim was no longer this attempt's (another took it over)."""
+        actions: list[Action] = (
+            [IdempotencyItem.status.set("COMPLETED")] if completed else [IdempotencyItem.in_progress_until.set(0)]
+        )
+        try:
+            IdempotencyItem(key).update(actions=actions, condition=self._held(until))
+        except UpdateError as exc:
+            if exc.cause_response_code == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    # -- usage: predictions made in a time range, per user (the monthly report)
+    def count_predictions(
+        self, start: datetime, end: datetime, page_size: int | None = None, segments: int = 1
+    ) -> PredictionCount:
+        """Predictions created in [start, end) per user: a Scan of the whole table (the key is
+        per user; no index spans users), filtered on the ULID range of the time range and
+        projected to ``user_id``, every page followed. ``segments`` > 1 scans in parallel."""
+        lo, hi = _ulid_floor(start), _ulid_floor(end)
+        conn = PredictionItem._get_connection().connection
+        _ = conn.client  # created once here, shared by the segments' threads
+        request: dict[str, Any] = {
+            "TableName": PredictionItem.Meta.table_name,
+            "ProjectionExpression": "#u",
+            "FilterExpression": "#p >= :lo AND #p < :hi",
+            "ExpressionAttributeNames": {"#u": "user_id", "#p": "prediction_id"},
+            "ExpressionAttributeValues": {":lo": {"S": lo}, ":hi": {"S": hi}},
+        }
+        if page_size:
+            request["Limit"] = page_size
+
+        def scan(segment: int) -> PredictionCount:
+            found = PredictionCount({}, 0, 0)
+            req = dict(request, Segment=segment, TotalSegments=segments) if segments > 1 else dict(request)
+            while True:
+                page = conn.dispatch("Scan", dict(req))
+                found.pages += 1
+                found.scanned += int(page.get("ScannedCount", 0))
+                for item in page.get("Items", []):
+                    user = item["user_id"]["S"]
+                    found.per_user[user] = found.per_user.get(user, 0) + 1
+                if not page.get("LastEvaluatedKey"):
+                    return found
+                req["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+        if segments <= 1:
+            return scan(0)
+        from concurrent.futures import ThreadPoolExecutor
+
+        total = PredictionCount({}, 0, 0)
+        with ThreadPoolExecutor(max_workers=segments, thread_name_prefix="scan") as pool:
+            for part in pool.map(scan, range(segments)):
+                total.pages += part.pages
+                total.scanned += part.scanned
+                for user, n in part.per_user.items():
+                    total.per_user[user] = total.per_user.get(user, 0) + n
+        return total
 
     # -- health: one key read per table, the cheapest call that proves reachability
     def prepare(self) -> None:

@@ -1,0 +1,149 @@
+"""Every AWS call of the backup job and of ``smartgrid restore``: DynamoDB (describe, scan,
+on-demand backups, batch writes) through the raw client, so items stay in DynamoDB's JSON
+(the portable copy is that format, whatever the pynamodb models say), and S3 objects of the
+models and backups buckets. The domain (``smartgrid.backup``) decides what to call and checks
+what comes back; nothing here interprets a backup."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+from ..config import Settings
+from .aws import client
+
+BATCH_WRITE_LIMIT = 25  # DynamoDB's maximum requests per BatchWriteItem
+_MAX_UNPROCESSED_RETRIES = 8
+_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "ResourceNotFoundException"}
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _is_missing(exc: Exception) -> bool:
+    return _code(exc) in _MISSING
+
+
+# ------------------------------------------------------------------------------ DynamoDB
+def describe_table(name: str, settings: Settings) -> dict[str, Any] | None:
+    """The table's description, or None when it does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        table: dict[str, Any] = client("dynamodb", settings).describe_table(TableName=name)["Table"]
+    except ClientError as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    return table
+
+
+def scan_items(name: str, settings: Settings, *, keys_only: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every item of the table (consistent reads, all pages), in DynamoDB JSON. With
+    ``keys_only`` only those attributes are read."""
+    kwargs: dict[str, Any] = {"TableName": name, "ConsistentRead": True}
+    if keys_only:
+        kwargs["ProjectionExpression"] = ", ".join(f"#k{i}" for i in range(len(keys_only)))
+        kwargs["ExpressionAttributeNames"] = {f"#k{i}": k for i, k in enumerate(keys_only)}
+    for page in client("dynamodb", settings).get_paginator("scan").paginate(**kwargs):
+        yield from page.get("Items", [])
+
+
+def has_items(name: str, settings: Settings) -> bool:
+    """Whether the table holds at least one item (one page of at most one item per call:
+    an empty page with a LastEvaluatedKey goes on)."""
+    ddb = client("dynamodb", settings)
+    kwargs: dict[str, Any] = {"TableName": name, "Limit": 1, "ConsistentRead": True}
+    while True:
+        page = ddb.scan(**kwargs)
+        if page.get("Items"):
+            return True
+        if not page.get("LastEvaluatedKey"):
+            return False
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def create_backup(table: str, backup_name: str, settings: Settings) -> str:
+    """A DynamoDB on-demand backup of the table (point in time, kept by DynamoDB until
+    deleted); returns its ARN."""
+    details = client("dynamodb", settings).create_backup(TableName=table, BackupName=backup_name)["BackupDetails"]
+    arn: str = details["BackupArn"]
+    return arn
+
+
+def batch_write(table: str, requests: list[dict[str, Any]], settings: Settings) -> None:
+    """BatchWriteItem of ``PutRequest``/``DeleteRequest`` entries, 25 a call, unprocessed
+    ones retried with backoff; raises if DynamoDB keeps leaving some unprocessed."""
+    ddb = client("dynamodb", settings)
+    for lo in range(0, len(requests), BATCH_WRITE_LIMIT):
+        pending: dict[str, list[dict[str, Any]]] = {table: requests[lo : lo + BATCH_WRITE_LIMIT]}
+        for attempt in range(_MAX_UNPROCESSED_RETRIES + 1):
+            pending = ddb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+            if not pending:
+                break
+            if attempt == _MAX_UNPROCESSED_RETRIES:
+                left = sum(map(len, pending.values()))
+                raise RuntimeError(f"DynamoDB left {left} write(s) to {table} unprocessed")
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+
+
+# ------------------------------------------------------------------------------------ S3
+def bucket_exists(bucket: str, settings: Settings) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client("s3", settings).head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if _is_missing(exc):
+            return False
+        raise
+    return True
+
+
+def list_objects(bucket: str, prefix: str, settings: Settings) -> Iterator[tuple[str, int]]:
+    """(key, size) of every object under the prefix, in key order."""
+    pages = client("s3", settings).get_paginator("list_objects_v2")
+    for page in pages.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield obj["Key"], int(obj["Size"])
+
+
+def list_folders(bucket: str, prefix: str, settings: Settings) -> list[str]:
+    """The 'folders' right under the prefix (common prefixes at the next ``/``)."""
+    pages = client("s3", settings).get_paginator("list_objects_v2")
+    found = []
+    for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+    return found
+
+
+def open_object(bucket: str, key: str, settings: Settings) -> IO[bytes] | None:
+    """The object's body as a stream (read it in chunks), or None when it does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body: IO[bytes] = client("s3", settings).get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    return body
+
+
+def put_object(
+    bucket: str, key: str, body: bytes | IO[bytes], settings: Settings, content_type: str = "application/octet-stream"
+) -> None:
+    """Write an object: bytes in one PutObject, a file through the transfer manager
+    (multipart when large)."""
+    s3 = client("s3", settings)
+    if isinstance(body, bytes):
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+    else:
+        s3.upload_fileobj(body, bucket, key, ExtraArgs={"ContentType": content_type})
+
+
+def delete_object(bucket: str, key: str, settings: Settings) -> None:
+    client("s3", settings).delete_object(Bucket=bucket, Key=key)
