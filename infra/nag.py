@@ -11,6 +11,9 @@ from constructs import IConstruct
 from .stack import SmartgridStack
 
 XRAY = "X-Ray's PutTraceSegments/PutTelemetryRecords support no resource-level permissions: '*' is the only resource"
+XRAY_AND_LIST_BACKUPS = (
+    XRAY + "; likewise dynamodb:ListBackups, which the backup calls to prune its own on-demand backups"
+)
 BASIC_ROLE = (
     "AWSLambdaBasicExecutionRole grants only logs:CreateLogGroup/CreateLogStream/PutLogEvents, which every "
     "function needs for its own log group"
@@ -40,7 +43,7 @@ def add_nag(app: cdk.App, stack: SmartgridStack) -> None:
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     rt = stack.runtime
     for name, fn in rt.functions.items():
-        _ack(fn, "AwsSolutions-IAM5[Resource::*]", XRAY)
+        _ack(fn, "AwsSolutions-IAM5[Resource::*]", XRAY_AND_LIST_BACKUPS if name == "backup" else XRAY)
         _ack(
             fn,
             "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
@@ -51,6 +54,12 @@ def add_nag(app: cdk.App, stack: SmartgridStack) -> None:
     for bucket in (stack.data.backups, stack.data.models, stack.data.meter_data):
         for fn in rt.functions.values():
             _ack(fn, f"AwsSolutions-IAM5[Resource::{_ref(stack, bucket, '/*')}]", OBJECTS)
+    for table in stack.data.tables.values():
+        _ack(
+            rt.functions["backup"],
+            f"AwsSolutions-IAM5[Resource::{_ref(stack, table, '/backup/*')}]",
+            "DynamoDB names each on-demand backup when it is made; the backup deletes only its own old ones",
+        )
     _ack(
         rt.functions["backup"],
         f"AwsSolutions-IAM5[Resource::{_ref(stack, stack.data.backups, '/backups/*/manifest.json')}]",

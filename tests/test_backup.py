@@ -6,17 +6,20 @@ domain and real onnxruntime."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
 import json
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from smartgrid import backup as bk
+from smartgrid.catalog import BACKUP_RETENTION_DAYS
 from smartgrid.cli import app
 from smartgrid.config import BUNDLED_MODEL_DIR, get_settings
 from smartgrid.observability import logger
@@ -49,7 +52,13 @@ RAW_ITEM = {  # types the pynamodb models never write; the portable copy must ke
     "value": {"S": "{}"},
     "valid_until": {"N": "0"},
 }
+CHAMPION = "registry/champion.json"
 runner = CliRunner()
+
+
+def _config(settings, origin: str = "cli") -> dict:
+    """What config.json holds: the settings of the process that ran the backup, labelled."""
+    return {"source": f"settings of the backup function ({origin})", **settings.model_dump(mode="json")}
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -174,6 +183,23 @@ def _restore(*args: str):
     return runner.invoke(app, ["restore", *args])
 
 
+def _logged(fn):
+    """fn()'s result and the log lines it wrote."""
+    buf = io.StringIO()
+    h = logger.registered_handler
+    old = h.setStream(buf)  # type: ignore[attr-defined]
+    try:
+        result = fn()
+    finally:
+        h.setStream(old)  # type: ignore[attr-defined]
+    return result, [json.loads(x) for x in buf.getvalue().splitlines()]
+
+
+def _versions(settings, key: str) -> int:
+    listed = client("s3", settings).list_object_versions(Bucket=settings.models_bucket, Prefix=key)
+    return sum(v["Key"] == key for v in listed.get("Versions", []))
+
+
 # -------------------------------------------------------------------------------- backup
 def test_backup_writes_the_layout_and_a_manifest_that_verifies(seeded, settings):
     result = bk.run_backup(settings, now=T2)
@@ -205,13 +231,14 @@ def test_backup_writes_the_layout_and_a_manifest_that_verifies(seeded, settings)
         keys = [model._hash_keyname, *([model._range_keyname] if model._range_keyname else [])]
         copied = {bk.item_key(i, keys): json.dumps(bk._normal(i), sort_keys=True) for i in map(json.loads, lines)}
         assert copied == seeded["tables"][setting]  # DynamoDB JSON, every attribute, binary too
-    assert json.loads(_get(settings, prefix + "config.json")) == settings.model_dump(mode="json")
+    assert json.loads(_get(settings, prefix + "config.json")) == _config(settings)
     for key, data in seeded["models"].items():
         assert _get(settings, prefix + "models/" + key) == data
     assert bk.verify_backup(settings, result.backup_id) == manifest
     # the DynamoDB on-demand backups exist
-    arns = {b["BackupArn"] for b in client("dynamodb", settings).list_backups()["BackupSummaries"]}
-    assert {t.dynamodb_backup_arn for t in manifest.tables.values()} <= arns
+    names = {b["BackupArn"]: b["BackupName"] for b in client("dynamodb", settings).list_backups()["BackupSummaries"]}
+    for t in manifest.tables.values():
+        assert names[t.dynamodb_backup_arn] == f"smartgrid-backup-20261128T020000Z-{t.table_name}"
     # a second backup in the same second would write over the first: refused
     with pytest.raises(bk.ConflictError):
         bk.run_backup(settings, now=T2)
@@ -226,19 +253,22 @@ def test_the_handler_backs_up_on_a_scheduler_event_and_reports_success(seeded, s
     bk.verify_backup(settings, result["backup_id"])
     (info,) = bk.list_backups(settings)
     assert info.status == "verified" and info.backup_id == result["backup_id"]
+    assert result["dynamodb_backups_deleted"] == 0  # today's are young
+    config = json.loads(_get(settings, f"backups/{info.backup_id}/config.json"))
+    assert config == _config(settings, "smartgrid-backup")  # the function's name, from its context
 
 
 def test_a_failure_midway_leaves_no_manifest_and_the_job_fails(seeded, settings, capsys, monkeypatch):
-    real_put = store.put_object
+    real_put = store.upload_checked
     calls = []
 
-    def flaky_put(bucket, key, body, s, content_type="application/octet-stream"):
+    def flaky_put(bucket, key, body, s, content_type):
         calls.append(key)
         if len(calls) > 5:
             raise ConnectionError("S3 went away")
-        real_put(bucket, key, body, s, content_type)
+        return real_put(bucket, key, body, s, content_type)
 
-    monkeypatch.setattr(store, "put_object", flaky_put)
+    monkeypatch.setattr(store, "upload_checked", flaky_put)
     result, emf, logs = _run_handler(capsys)
     assert isinstance(result, ConnectionError)  # re-raised: the invocation retries, then the DLQ
     assert value(emf, "job_failed_total") == 1 and "job_succeeded_total" not in emf
@@ -247,7 +277,7 @@ def test_a_failure_midway_leaves_no_manifest_and_the_job_fails(seeded, settings,
     assert len(written) == 5 and not any(k.endswith("manifest.json") for k in written)
     (info,) = bk.list_backups(settings)
     assert info.status == "incomplete" and info.objects == 5
-    monkeypatch.setattr(store, "put_object", real_put)
+    monkeypatch.setattr(store, "upload_checked", real_put)
     refused = _restore("--backup", info.backup_id, "--yes")
     assert refused.exit_code == 3 and "incomplete" in refused.output
 
@@ -329,6 +359,7 @@ def _create_buckets_only_models(settings) -> None:
 
 def test_restore_refuses_to_overwrite_live_data_without_yes(seeded, settings, tmp_path):
     backup_id = bk.run_backup(settings, now=T2).backup_id
+    client("s3", settings).put_object(Bucket=settings.models_bucket, Key=f"{SET}anomaly_detector.onnx", Body=b"newer")
     config_out = tmp_path / "config.json"
     config_out.write_text("{}")
     before = _snapshot(settings)
@@ -336,11 +367,17 @@ def test_restore_refuses_to_overwrite_live_data_without_yes(seeded, settings, tm
     assert out.exit_code == 2, out.output
     for setting in TABLES:
         assert f"table {getattr(settings, setting)} ({setting}) has items" in out.output
-    assert "models bucket smartgrid-models already has" in out.output and "anomaly_detector.onnx" in out.output
+    assert "models bucket smartgrid-models has 1 of the backup's keys with other contents" in out.output
+    assert "anomaly_detector.onnx" in out.output and "load_forecast.onnx" not in out.output  # same ones: no clash
     assert str(config_out) in out.output and "--yes" in out.output
     assert _snapshot(settings) == before and config_out.read_text() == "{}"
     only_models = _restore("--backup", backup_id, "--models")
     assert only_models.exit_code == 2 and "has items" not in only_models.output
+    assert _snapshot(settings) == before
+    replaced = _restore("--backup", backup_id, "--models", "--yes")
+    assert replaced.exit_code == 0, replaced.output
+    assert "1 objects written (1 of them replaced), 6 already there" in replaced.output
+    assert _models(settings) == seeded["models"]
     stray = _restore("--backup", backup_id, "--tables", "--config-out", str(config_out))
     assert stray.exit_code == 2 and "add --config" in stray.output
     unknown = _restore("--backup", backup_id, "--table", "forecasts")
@@ -424,7 +461,8 @@ def test_drill_4_everything_lost_and_redeployed_is_restored(seeded, settings, tm
     out = _restore("--backup", "latest", "--config-out", str(config))  # no part flags: everything
     assert out.exit_code == 0, out.output
     assert _snapshot(settings) == seeded  # every item of every table, every model object
-    assert json.loads(config.read_text()) == settings.model_dump(mode="json")
+    assert json.loads(config.read_text()) == _config(settings)
+    assert "warning: these are the backup function's settings" in out.output
     alice_after = build_service(settings).list_predictions("alice", None, 10, None)
     assert alice_after == alice_before
     # restoring again is refused: the data is live now
@@ -437,7 +475,8 @@ def test_restore_prints_the_config_by_default_and_checks_part_flags(seeded, sett
     out = _restore("--backup", backup_id, "--config")
     assert out.exit_code == 0, out.output
     printed = out.stdout[out.stdout.index("{") :]
-    assert json.loads(printed) == settings.model_dump(mode="json")
+    assert json.loads(printed) == _config(settings)
+    assert "the backup function's settings, not every function's" in out.stdout
     assert "table" not in out.stdout.split("configuration")[0].split("verified:")[1]
 
 
@@ -456,6 +495,181 @@ def test_backup_refuses_when_a_table_or_bucket_is_missing(settings):
     out = runner.invoke(app, ["backup"])
     assert out.exit_code == 2 and "table smartgrid-cache (cache_table)" in out.output
     assert _keys(settings, "backups/") == {}
+
+
+# ------------------------------------------------------------- S3 checks what was written
+def test_uploads_are_checked_by_s3_checksums_not_read_back(seeded, settings, monkeypatch):
+    real_open = store.open_object
+    read = []
+
+    def counting_open(bucket, key, s):
+        if bucket == settings.backups_bucket:
+            read.append(key)
+        return real_open(bucket, key, s)
+
+    monkeypatch.setattr(store, "open_object", counting_open)
+    result = bk.run_backup(settings, now=T2)
+    assert read == [result.manifest_key]  # only the (small) manifest is read back
+    monkeypatch.setattr(store, "open_object", real_open)
+    bk.verify_backup(settings, result.backup_id)  # and every object reads back with its sha256
+
+
+def test_an_object_s3_did_not_store_as_written_fails_the_backup(seeded, settings, monkeypatch):
+    real = store.upload_checked
+
+    def lossy(bucket, key, body, s, content_type):
+        uploaded = real(bucket, key, body, s, content_type)
+        if key.endswith("cache_table.jsonl.gz"):  # S3 says it stored other bytes
+            return store.Uploaded(base64.b64encode(hashlib.sha256(b"other").digest()).decode(), [])
+        return uploaded
+
+    monkeypatch.setattr(store, "upload_checked", lossy)
+    with pytest.raises(bk.BackupIntegrityError, match=r"cache_table\.jsonl\.gz was not stored as written"):
+        bk.run_backup(settings, now=T2)
+    assert not any(k.endswith("manifest.json") for k in _keys(settings, "backups/"))
+
+
+def test_a_large_object_goes_up_in_parts_each_checked_by_s3(seeded, settings, monkeypatch):
+    monkeypatch.setattr(store, "PART_BYTES", 5 << 20)  # S3's smallest part size
+    big = random.Random(7).randbytes((11 << 20) + 7)
+    client("s3", settings).put_object(Bucket=settings.models_bucket, Key=f"{SET}big.bin", Body=big)
+    real = store.upload_checked
+    parts: dict[str, int] = {}
+
+    def spy(bucket, key, body, s, content_type):
+        uploaded = real(bucket, key, body, s, content_type)
+        parts[key.split("/", 2)[2]] = len(uploaded.part_checksums)
+        return uploaded
+
+    monkeypatch.setattr(store, "upload_checked", spy)
+    result = bk.run_backup(settings, now=T2)
+    assert parts.pop(f"models/{SET}big.bin") == 3 and set(parts.values()) == {0}  # the rest: one PutObject
+    assert _get(settings, f"backups/{result.backup_id}/models/{SET}big.bin") == big
+    assert bk.verify_backup(settings, result.backup_id).entry(f"models/{SET}big.bin").size == len(big)
+
+
+def test_the_digest_matches_what_s3_reports_whole_and_in_parts():
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    d = bk._Digest()
+    d.part_bytes = 4
+    for piece in (b"ab", b"cdefg", b"", b"hij"):
+        d.update(piece)
+    assert d.hexdigest() == hashlib.sha256(b"abcdefghij").hexdigest() and d.size == 10
+    parts = [hashlib.sha256(p).digest() for p in (b"abcd", b"efgh", b"ij")]
+    composite = b64(hashlib.sha256(b"".join(parts)).digest())
+    ok = [b64(p) for p in parts]
+    assert d.upload_problem(store.Uploaded(composite, ok)) is None  # moto: no suffix
+    assert d.upload_problem(store.Uploaded(f"{composite}-3", ok)) is None  # S3: "-<parts>"
+    assert "1 not as written" in (d.upload_problem(store.Uploaded(composite, [ok[0], ok[2], ok[2]])) or "")
+    assert d.upload_problem(store.Uploaded(f"{composite}-4", ok)) is not None
+    assert d.upload_problem(store.Uploaded(None, ok)) is not None
+    one = bk._Digest()
+    one.part_bytes = 4
+    one.update(b"abcd")  # exactly one part: a single PutObject, the whole object's checksum
+    assert one.upload_problem(store.Uploaded(b64(hashlib.sha256(b"abcd").digest()), [])) is None
+    empty = bk._Digest()
+    assert empty.upload_problem(store.Uploaded(b64(hashlib.sha256(b"").digest()), [])) is None
+
+
+# ------------------------------------------------------- partial model loss, the champion
+def test_a_partial_model_loss_restores_only_the_missing_keys_without_yes(seeded, settings):
+    s3 = client("s3", settings)
+    s3.put_object(Bucket=settings.models_bucket, Key=CHAMPION, Body=b'{"set_id": "20261101T000000Z-1a2b3c4d"}')
+    backup_id = bk.run_backup(settings, now=T2).backup_id
+    before = _models(settings)
+    lost = f"{SET}load_forecast.onnx"
+    s3.delete_object(Bucket=settings.models_bucket, Key=lost)
+    out = _restore("--backup", backup_id, "--models")
+    assert out.exit_code == 0, out.output
+    assert f"1 objects written, {len(before) - 1} already there (same contents)" in out.output
+    assert _models(settings) == before
+    for key in before:  # nothing but the lost key was written again (its first version is kept: versioning)
+        assert _versions(settings, key) == (2 if key == lost else 1), key
+    assert "champion" not in out.output  # the live pointer is the backup's: nothing to say
+    assert _snapshot(settings)["tables"] == seeded["tables"]
+
+
+def test_a_newer_champion_pointer_is_left_alone_unless_champion(seeded, settings):
+    s3 = client("s3", settings)
+    old, newer = b'{"set_id": "old"}', b'{"set_id": "promoted-after-the-backup"}'
+    s3.put_object(Bucket=settings.models_bucket, Key=CHAMPION, Body=old)
+    backup_id = bk.run_backup(settings, now=T2).backup_id
+    s3.put_object(Bucket=settings.models_bucket, Key=CHAMPION, Body=newer)  # a promotion since
+    lost = f"{SET}anomaly_detector.onnx"
+    s3.delete_object(Bucket=settings.models_bucket, Key=lost)
+
+    out = _restore("--backup", backup_id, "--models")  # no --yes needed: the pointer is not in the way
+    assert out.exit_code == 0, out.output
+    assert "champion pointer registry/champion.json: the live one differs" in out.output
+    assert "left as is" in out.output and "--champion --yes" in out.output
+    models = _models(settings)
+    assert models[CHAMPION] == newer and models[lost] == seeded["models"][lost]
+    also_yes = _restore("--backup", backup_id, "--models", "--yes")  # --yes alone does not replace it
+    assert also_yes.exit_code == 0 and _models(settings)[CHAMPION] == newer
+
+    refused = _restore("--backup", backup_id, "--models", "--champion")
+    assert refused.exit_code == 2 and "registry/champion.json" in refused.output and "--yes" in refused.output
+    assert _models(settings)[CHAMPION] == newer
+    replaced = _restore("--backup", backup_id, "--models", "--champion", "--yes")
+    assert replaced.exit_code == 0, replaced.output
+    assert "champion pointer registry/champion.json: replaced by the backup's" in replaced.output
+    assert _models(settings)[CHAMPION] == old
+
+
+# ------------------------------------------------------------ pruning on-demand backups
+def test_old_on_demand_backups_made_here_are_pruned_and_no_others(settings):
+    ddb = client("dynamodb", settings)
+    bk.run_backup(settings, now=T2)  # one on-demand backup per table
+    table = settings.predictions_table
+    store.create_backup(table, bk._dynamodb_backup_name(table, "prerestore-20261128T030000Z"), settings)
+    foreign = {
+        store.create_backup(table, name, settings)
+        for name in ("manual-before-migration", f"{table}-20261128T020000Z", "smartgrid-backup-keep-me")
+    }
+
+    def arns() -> set[str]:
+        return {b["BackupArn"] for b in ddb.list_backups()["BackupSummaries"]}
+
+    assert len(arns()) == len(TABLES) + 1 + len(foreign)
+    soon = datetime.now(UTC) + timedelta(days=BACKUP_RETENTION_DAYS - 1)
+    assert bk.prune_dynamodb_backups(settings) == 0 and bk.prune_dynamodb_backups(settings, now=soon) == 0
+    later = datetime.now(UTC) + timedelta(days=BACKUP_RETENTION_DAYS + 1)
+    deleted, logs = _logged(lambda: bk.prune_dynamodb_backups(settings, now=later))
+    assert deleted == len(TABLES) + 1
+    assert arns() == foreign  # never a backup this code did not make
+    assert logs[-1]["message"] == "old on-demand backups pruned" and logs[-1]["deleted"] == deleted
+
+
+def test_a_failure_to_prune_is_a_warning_not_a_failed_backup(seeded, settings, capsys, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise ConnectionError("DynamoDB went away")
+
+    monkeypatch.setattr(store, "list_user_backups", broken)
+    result, emf, logs = _run_handler(capsys)
+    assert isinstance(result, dict) and result["dynamodb_backups_deleted"] == 0
+    assert value(emf, "job_succeeded_total") == 1 and "job_failed_total" not in emf
+    warnings = [line for line in logs if line["level"] == "WARNING"]
+    assert len(warnings) == len(TABLES) and "DynamoDB went away" in warnings[0]["error"]
+    bk.verify_backup(settings, result["backup_id"])
+    monkeypatch.undo()
+
+    real_delete = store.delete_backup
+    refused: list[str] = []
+
+    def refusing(arn, s):
+        if not refused:
+            refused.append(arn)
+            raise ConnectionError("BackupInUseException")
+        real_delete(arn, s)
+
+    monkeypatch.setattr(store, "delete_backup", refusing)
+    later = datetime.now(UTC) + timedelta(days=BACKUP_RETENTION_DAYS + 1)
+    deleted, logs = _logged(lambda: bk.prune_dynamodb_backups(settings, now=later))
+    assert deleted == len(TABLES) - 1  # the others still go
+    (warning,) = [line for line in logs if line["level"] == "WARNING"]
+    assert warning["backup_arn"] == refused[0] and "BackupInUseException" in warning["error"]
 
 
 def test_items_round_trip_through_the_portable_format():

@@ -93,16 +93,22 @@ def test_an_overdue_backup_a_damaged_one_and_no_retraining_are_not_ok(stack, api
     lines = _by_name(ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=later))
     assert not lines["backup"].ok and "overdue" in lines["backup"].detail
     assert not lines["retraining"].ok and "overdue" in lines["retraining"].detail
-    # flip a byte in one of the backup's objects: the check reads every checksum
+    # flip a byte in one of the backup's objects, keeping its size: only the sha256 check sees it
     s3 = client("s3", stack)
     key = next(
         o["Key"]
         for o in s3.list_objects_v2(Bucket=stack.backups_bucket)["Contents"]
         if o["Key"].endswith("config.json")
     )
-    s3.put_object(Bucket=stack.backups_bucket, Key=key, Body=b"{}")
+    good = s3.get_object(Bucket=stack.backups_bucket, Key=key)["Body"].read()
+    flipped = good[:10] + bytes([good[10] ^ 0x01]) + good[11:]
+    assert len(flipped) == len(good) and flipped != good
+    s3.put_object(Bucket=stack.backups_bucket, Key=key, Body=flipped)
     lines = _by_name(ops.run(ops.Target(stack, api[0], "smartgrid-test"), now=NOW))
     assert not lines["backup"].ok, lines["backup"]
+    detail = lines["backup"].detail
+    assert "config.json: sha256 " in detail and "the manifest says" in detail, detail
+    assert f"({len(good)} bytes), the manifest says" in detail  # same size: the checksum caught it
 
 
 def test_each_problem_is_its_own_line(stack, api):

@@ -6,24 +6,45 @@ One backup is one id (its UTC start, ``20261128T020000Z``) and everything under
 
 - ``tables/<setting>.jsonl.gz``: every item of each table in ``store.tables.TABLES`` (Scan,
   consistent reads), one DynamoDB-JSON item a line (binary values base64), gzip; beside it a
-  DynamoDB on-demand backup of the table, whose ARN the manifest records (a second way back:
-  RestoreTableFromBackup into a new table);
+  DynamoDB on-demand backup of the table (named ``smartgrid-backup-<id>-<table>``), whose ARN
+  the manifest records (a second way back: RestoreTableFromBackup into a new table);
 - ``models/<key>``: every object of the models bucket under its own key;
 - ``bundled/<file>``: the model files the functions ship with (``settings.model_dir``), so
   the models can come back even if the models bucket was empty;
-- ``config.json``: the Settings the function ran with;
-- ``manifest.json``, written last and only once every object above was read back and its
-  sha256 matched: id, times, status ``complete``, each object's key, size and sha256, each
-  table's item count, key schema and backup ARN, and the manifest's own sha256 (over the rest
-  of it). A backup without a manifest is incomplete and is never restored from.
+- ``config.json``: the Settings of the process that ran the backup (the backup function, or
+  ``smartgrid backup`` on an operator's machine), with a ``source`` field saying which: not
+  the API's or any other function's settings;
+- ``manifest.json``, written last and only once S3 confirmed every object above (its SHA256
+  checksum of what it stored equals the sha256 computed while the object was written): id,
+  times, status ``complete``, each object's key, size and sha256, each table's item count, key
+  schema and backup ARN, and the manifest's own sha256 (over the rest of it, read back). A
+  backup without a manifest is incomplete and is never restored from.
 
 A restore verifies the manifest and every object's sha256 before it touches anything, puts
 back exactly what the manifest lists (into the tables and buckets the *current* Settings name,
 so a redeployed stack with new physical names works), refuses to overwrite live data unless
 told to, and verifies the result: each restored table re-scanned and compared item by item,
-each restored object and file read back and hashed.
+each restored object and file read back and hashed. Model objects already there with the
+backup's contents are skipped, missing ones are put back without ``--yes``, ones that differ
+need ``--yes``; the champion pointer (``registry/champion.json``) is never replaced by the
+backup's unless asked (``--champion``), so promotions and rollbacks made since stand.
 
-Retention is the backups bucket's lifecycle rule (30 days); this module never deletes a backup.
+Scale and limits. Memory stays small whatever the data: a table is read one Scan page (at most
+1 MB) at a time and streamed through gzip into a temporary file on disk, and uploads go up in
+parts of ``store.PART_BYTES`` (16 MiB; at most two in memory). The sha256 is computed while each
+object is written and S3 checks the upload (SHA256 checksums, per part for multipart uploads),
+so nothing is downloaded again to verify it. The limits are then: /tmp, which must hold the
+largest gzip table copy or model object (one at a time; the backup function has 10 GB of
+ephemeral storage), and time: each table is one sequential Scan, so the whole backup (every
+table, every model object copied through the function) must fit in the Lambda's 900 s. Past
+a few GB of table data, use DynamoDB export to S3 or the on-demand backups instead of the
+portable copy. A restore holds one digest (about 150 bytes) per item of each restored table.
+
+Retention: the backups bucket's lifecycle rule expires backups after
+``catalog.BACKUP_RETENTION_DAYS`` days; after a successful run the job deletes the DynamoDB
+on-demand backups this code made (``smartgrid-backup-...``, including the ones a restore takes
+before overwriting a table) once they are older than that (``prune_dynamodb_backups``), and
+never any other backup.
 """
 
 from __future__ import annotations
@@ -31,18 +52,20 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import mimetypes
 import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .catalog import BACKUP_RETENTION_DAYS
 from .config import Settings
 from .errors import ConflictError, NotFoundError, SmartgridError
 from .io_utils import atomic_write_bytes
@@ -60,9 +83,13 @@ FORMAT_VERSION = 1
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z$")
 _CHUNK = 1 << 20
-_SPOOL_BYTES = 32 << 20  # a table dump or model object beyond this spills to /tmp
+_SPOOL_BYTES = 4 << 20  # a manifest read back beyond this (it never is) spills to /tmp
 _WRITE_CHUNK = 500  # items handed to BatchWriteItem (25 a call) at a time
 _SHOWN = 20  # problems listed in an error message
+
+CHAMPION_KEY = "registry/champion.json"  # model_registry.CHAMPION_KEY: the champion pointer
+DYNAMODB_BACKUP_PREFIX = "smartgrid-backup-"  # the on-demand backups this code makes (and prunes)
+_OUR_DYNAMODB_BACKUP = re.compile(rf"^{re.escape(DYNAMODB_BACKUP_PREFIX)}(prerestore-)?\d{{8}}T\d{{6}}Z-.")
 
 Progress = Callable[[str], None]
 
@@ -275,8 +302,86 @@ def _spool() -> IO[bytes]:
     return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # closed by the caller
 
 
-def _copy_hashing(src: IO[bytes], dst: IO[bytes] | None) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
+def _temp_file() -> IO[bytes]:
+    """A temporary file on disk (/tmp) for a table copy or a model object: never in memory."""
+    return tempfile.TemporaryFile(prefix="smartgrid-backup-")  # closed by the caller
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+class _Digest:
+    """The sha256 of a stream as it is written: of the whole (the manifest's) and of each part
+    of ``store.PART_BYTES`` (what S3 checks and reports for an upload in parts)."""
+
+    def __init__(self) -> None:
+        self.part_bytes = store.PART_BYTES
+        self.size = 0
+        self._whole = hashlib.sha256()
+        self._part = hashlib.sha256()
+        self._in_part = 0
+        self._parts: list[bytes] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._whole.update(data)
+        self.size += len(data)
+        view = memoryview(data).cast("B")
+        while len(view):
+            piece = view[: self.part_bytes - self._in_part]
+            self._part.update(piece)
+            self._in_part += len(piece)
+            view = view[len(piece) :]
+            if self._in_part == self.part_bytes:
+                self._parts.append(self._part.digest())
+                self._part, self._in_part = hashlib.sha256(), 0
+
+    def hexdigest(self) -> str:
+        return self._whole.hexdigest()
+
+    def _part_digests(self) -> list[bytes]:
+        if self._in_part or not self._parts:
+            return [*self._parts, self._part.digest()]
+        return list(self._parts)
+
+    def upload_problem(self, up: store.Uploaded) -> str | None:
+        """Why what S3 says it stored is not what was written (None: it is)."""
+        parts = self._part_digests()
+        if len(parts) == 1:
+            expected = _b64(self._whole.digest())
+            return None if up.checksum == expected else f"S3 stored SHA256 {up.checksum}, {expected} was written"
+        expected_parts = [_b64(d) for d in parts]
+        if up.part_checksums != expected_parts:
+            bad = sum(a != b for a, b in zip(up.part_checksums, expected_parts, strict=False))
+            return f"S3 stored {len(up.part_checksums)} part(s), {bad} not as written ({len(parts)} written)"
+        composite = _b64(hashlib.sha256(b"".join(parts)).digest())
+        stored, _, count = (up.checksum or "").partition("-")
+        if stored != composite or count not in ("", str(len(parts))):
+            return f"S3 stored SHA256 {up.checksum} for the parts, {composite}-{len(parts)} was written"
+        return None
+
+
+class _HashingWriter:
+    """A file that hashes what is written to it (the sink of a table copy's gzip stream)."""
+
+    def __init__(self, fh: IO[bytes], digest: _Digest) -> None:
+        self.fh, self.digest = fh, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def _copy_hashing(src: IO[bytes], dst: IO[bytes] | None, hasher: _Hasher | None = None) -> tuple[str, int]:
+    h, n = hasher or hashlib.sha256(), 0
     while chunk := src.read(_CHUNK):
         h.update(chunk)
         n += len(chunk)
@@ -285,12 +390,16 @@ def _copy_hashing(src: IO[bytes], dst: IO[bytes] | None) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _remote_sha(bucket: str, key: str, settings: Settings, into: IO[bytes] | None = None) -> tuple[str, int] | None:
+def _remote_sha(
+    bucket: str, key: str, settings: Settings, into: IO[bytes] | None = None, hasher: _Hasher | None = None
+) -> tuple[str, int] | None:
+    """(sha256, size) of the object, streamed in chunks (copied ``into`` a file if given), or
+    None when it does not exist."""
     body = store.open_object(bucket, key, settings)
     if body is None:
         return None
     try:
-        return _copy_hashing(body, into)
+        return _copy_hashing(body, into, hasher)
     finally:
         body.close()
 
@@ -384,7 +493,9 @@ def plan_backup(settings: Settings, now: datetime) -> BackupPlan:
 
 
 class _Writer:
-    """Writes objects under the backup's prefix and remembers each one's size and sha256."""
+    """Writes objects under the backup's prefix, each checked by S3 against the sha256 computed
+    while it was written, and remembers each one's size and sha256. An object S3 did not store
+    as written raises: the backup fails, no manifest."""
 
     def __init__(self, settings: Settings, prefix: str) -> None:
         self.settings = settings
@@ -392,46 +503,51 @@ class _Writer:
         self.prefix = prefix
         self.objects: list[ObjectEntry] = []
 
-    def put(self, key: str, body: bytes | IO[bytes]) -> ObjectEntry:
+    def put(self, key: str, body: bytes | IO[bytes], digest: _Digest | None = None) -> ObjectEntry:
+        """``body``: bytes, or a file with ``digest`` the digest of its whole content, computed
+        as it was written (the file is uploaded from its start)."""
         if isinstance(body, bytes):
-            sha, size = hashlib.sha256(body).hexdigest(), len(body)
+            digest = _Digest()
+            digest.update(body)
+            stream: IO[bytes] = io.BytesIO(body)
+        elif digest is None:
+            raise TypeError("a file is uploaded with the digest computed while it was written")
         else:
-            body.seek(0)
-            sha, size = _copy_hashing(body, None)
-            body.seek(0)
-        store.put_object(self.bucket, self.prefix + key, body, self.settings, _content_type(key))
-        entry = ObjectEntry(key=key, size=size, sha256=sha)
+            stream = body
+            stream.seek(0)
+        uploaded = store.upload_checked(self.bucket, self.prefix + key, stream, self.settings, _content_type(key))
+        problem = digest.upload_problem(uploaded)
+        if problem:
+            raise BackupIntegrityError(f"backup {self.prefix}: {key} was not stored as written ({problem})")
+        entry = ObjectEntry(key=key, size=digest.size, sha256=digest.hexdigest())
         self.objects.append(entry)
         return entry
 
-    def verify(self) -> None:
-        """Read every written object back and check its size and sha256."""
-        problems = []
-        for o in self.objects:
-            got = _remote_sha(self.bucket, self.prefix + o.key, self.settings)
-            if got is None:
-                problems.append(f"{o.key}: not found after writing it")
-            elif got != (o.sha256, o.size):
-                problems.append(f"{o.key}: read back {got[1]} bytes with sha256 {got[0]}, wrote {o.size} / {o.sha256}")
-        if problems:
-            raise BackupIntegrityError(
-                _listing(f"backup {self.prefix}: objects did not read back as written", problems)
-            )
 
-
-def _dump_table(name: str, settings: Settings, sink: IO[bytes]) -> int:
+def _dump_table(name: str, settings: Settings, sink: IO[bytes], digest: _Digest) -> int:
+    """Stream the table, one Scan page at a time, as gzip JSON lines into the file, hashing the
+    gzip bytes as they are written; the number of items."""
     count = 0
-    with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0) as gz:
+    with gzip.GzipFile(filename="", mode="wb", fileobj=_HashingWriter(sink, digest), mtime=0) as gz:
         for item in store.scan_items(name, settings):
             gz.write(_canonical(encode_item(item)) + b"\n")
             count += 1
     return count
 
 
-def run_backup(settings: Settings, now: datetime | None = None, progress: Progress | None = None) -> BackupResult:
+def config_document(settings: Settings, origin: str) -> bytes:
+    """``config.json``: the Settings of the process running the backup, labelled as such."""
+    doc = {"source": f"settings of the backup function ({origin})", **settings.model_dump(mode="json")}
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def run_backup(
+    settings: Settings, now: datetime | None = None, progress: Progress | None = None, origin: str = "cli"
+) -> BackupResult:
     """One verified backup. On any failure it raises, and no manifest claims the backup is
     complete (the objects written so far stay, listed as incomplete, until the lifecycle
-    rule expires them)."""
+    rule expires them). ``origin``: who runs it (the Lambda function's name, or ``cli``),
+    recorded in ``config.json``."""
     say = progress or (lambda _m: None)
     plan = plan_backup(settings, now or datetime.now(UTC))
     log = {"backup_id": plan.backup_id, "bucket": settings.backups_bucket}
@@ -442,25 +558,26 @@ def run_backup(settings: Settings, now: datetime | None = None, progress: Progre
         say(f"table {t.table_name}: on-demand backup")
         arn = store.create_backup(t.table_name, _dynamodb_backup_name(t.table_name, plan.backup_id), settings)
         say(f"table {t.table_name}: scanning")
-        with _spool() as spool:
-            count = _dump_table(t.table_name, settings, spool)
-            entry = writer.put(f"{TABLES_DIR}{t.setting}.jsonl.gz", spool)
+        with _temp_file() as tmp:
+            digest = _Digest()
+            count = _dump_table(t.table_name, settings, tmp, digest)
+            entry = writer.put(f"{TABLES_DIR}{t.setting}.jsonl.gz", tmp, digest)
         tables[t.setting] = TableEntry(
             table_name=t.table_name, key=entry.key, items=count, key_schema=t.key_schema, dynamodb_backup_arn=arn
         )
         say(f"table {t.table_name}: {count} items, {entry.size} bytes")
     for key, _size in plan.model_keys:
-        with _spool() as spool:
-            if _remote_sha(settings.models_bucket, key, settings, into=spool) is None:
+        with _temp_file() as tmp:
+            digest = _Digest()
+            if _remote_sha(settings.models_bucket, key, settings, into=tmp, hasher=digest) is None:
                 raise NotFoundError(f"model object {key} vanished from {settings.models_bucket} during the backup")
-            writer.put(MODELS_DIR + key, spool)
+            writer.put(MODELS_DIR + key, tmp, digest)
     say(f"models bucket: {len(plan.model_keys)} objects")
     for path in plan.bundled:
         writer.put(BUNDLED_DIR + path.name, path.read_bytes())
     say(f"bundled models: {len(plan.bundled)} files")
-    writer.put(CONFIG, (json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode())
-    say("reading every object back")
-    writer.verify()
+    writer.put(CONFIG, config_document(settings, origin))
+    say(f"{len(writer.objects)} objects written, each confirmed by S3's SHA256 checksum")
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         backup_id=plan.backup_id,
@@ -492,7 +609,47 @@ def run_backup(settings: Settings, now: datetime | None = None, progress: Progre
 
 
 def _dynamodb_backup_name(table: str, backup_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{table}-{backup_id}")[:255]
+    """``smartgrid-backup-<id>-<table>`` (``<id>``: a backup id, or ``prerestore-<time>``):
+    how ``prune_dynamodb_backups`` knows the backups this code made."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{DYNAMODB_BACKUP_PREFIX}{backup_id}-{table}")[:255]
+
+
+def prune_dynamodb_backups(settings: Settings, now: datetime | None = None) -> int:
+    """Delete the DynamoDB on-demand backups of the tables that this code made (named
+    ``smartgrid-backup-...``) and that are older than ``BACKUP_RETENTION_DAYS``; never any other.
+    Returns how many were deleted. A failure is logged (WARNING) and does not raise: a backup
+    that succeeded stays a success."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=BACKUP_RETENTION_DAYS)
+    deleted = 0
+    for setting in TABLES:
+        table = getattr(settings, setting)
+        try:
+            old = [
+                b
+                for b in store.list_user_backups(table, cutoff, settings)
+                # ListBackups filters by time, type and table; checked again (moto filters none of it)
+                if _OUR_DYNAMODB_BACKUP.match(str(b.get("BackupName", "")))
+                and b.get("BackupType") == "USER"
+                and b.get("TableName", table) == table
+                and b["BackupCreationDateTime"] < cutoff
+            ]
+        except Exception as exc:
+            logger.warning("could not list the table's on-demand backups to prune them", extra=_why(table, exc))
+            continue
+        for b in old:
+            try:
+                store.delete_backup(b["BackupArn"], settings)
+                deleted += 1
+            except Exception as exc:
+                logger.warning(
+                    "could not delete an old on-demand backup", extra={**_why(table, exc), "backup_arn": b["BackupArn"]}
+                )
+    logger.info("old on-demand backups pruned", extra={"deleted": deleted, "older_than_days": BACKUP_RETENTION_DAYS})
+    return deleted
+
+
+def _why(table: str, exc: Exception) -> dict[str, str]:
+    return {"table": table, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _write_manifest(settings: Settings, backup_id: str, manifest: Manifest) -> None:
@@ -655,6 +812,7 @@ class RestoreOptions:
     config: bool = True
     only_tables: tuple[str, ...] = ()  # Settings fields, short names or physical names; () = all
     overwrite: bool = False  # --yes: replace live data
+    champion: bool = False  # --champion: put back the backup's champion pointer even if the live one differs
     config_out: Path | None = None  # None: the config is returned (the CLI prints it)
     bundled_out: Path | None = None  # where the bundled model files go (None: not written)
 
@@ -674,11 +832,24 @@ class TableRestore:
 class RestoreReport:
     backup_id: str
     tables: list[TableRestore] = field(default_factory=list)
-    model_keys: list[str] = field(default_factory=list)
+    model_keys: list[str] = field(default_factory=list)  # models bucket keys written
+    models_unchanged: list[str] = field(default_factory=list)  # already there with the backup's contents
+    models_replaced: list[str] = field(default_factory=list)  # there with other contents, overwritten (--yes)
+    champion_kept: bool = False  # the live champion pointer differs from the backup's and was left as is
     bundled: list[Path] = field(default_factory=list)
     bundled_available: int = 0
     config_json: str | None = None
     config_path: Path | None = None
+
+
+@dataclass
+class _ModelsPlan:
+    """What a restore does with each of the backup's models bucket objects (keys in the bucket)."""
+
+    write: list[str] = field(default_factory=list)  # missing, or differing and overwritten
+    unchanged: list[str] = field(default_factory=list)
+    differ: list[str] = field(default_factory=list)  # there with other contents (written only with --yes)
+    champion_kept: bool = False
 
 
 @dataclass
@@ -759,17 +930,23 @@ def restore(
         tables = _prepare_tables(settings, manifest, options, work_dir) if options.tables else []
         model_keys = manifest.keys_under(MODELS_DIR) if options.models else []
         bundled = manifest.keys_under(BUNDLED_DIR) if options.models and options.bundled_out else []
-        _check_targets(settings, options, tables, model_keys, bundled)
+        models = _check_targets(settings, manifest, options, tables, model_keys, bundled)
 
         # -- nothing was changed up to here
         for t in tables:
             report.tables.append(_restore_table(settings, t, say))
-        for key in model_keys:
-            with _local(work_dir, key).open("rb") as fh:
-                store.put_object(settings.models_bucket, key[len(MODELS_DIR) :], fh, settings, _content_type(key))
-            report.model_keys.append(key[len(MODELS_DIR) :])
+        for key in models.write:
+            with _local(work_dir, MODELS_DIR + key).open("rb") as fh:
+                store.put_object(settings.models_bucket, key, fh, settings, _content_type(key))
+            report.model_keys.append(key)
+        report.models_unchanged = models.unchanged
+        report.models_replaced = [k for k in models.differ if k in models.write]
+        report.champion_kept = models.champion_kept
         if model_keys:
-            say(f"models bucket {settings.models_bucket}: {len(model_keys)} objects written")
+            say(
+                f"models bucket {settings.models_bucket}: {len(models.write)} objects written, "
+                f"{len(models.unchanged)} already there"
+            )
         for key in bundled:
             assert options.bundled_out is not None
             path = options.bundled_out / key[len(BUNDLED_DIR) :]
@@ -792,6 +969,8 @@ def restore(
             "backup_id": backup_id,
             "tables": {t.table_name: t.items for t in report.tables},
             "model_objects": len(report.model_keys),
+            "model_objects_unchanged": len(report.models_unchanged),
+            "champion_kept": report.champion_kept,
             "bundled_files": len(report.bundled),
             "config": bool(options.config),
         },
@@ -820,11 +999,45 @@ def _prepare_tables(
     return works
 
 
+def _plan_models(settings: Settings, manifest: Manifest, options: RestoreOptions, model_keys: list[str]) -> _ModelsPlan:
+    """Compare the backup's models bucket objects with the live ones: missing ones are written,
+    ones with the backup's sha256 skipped, differing ones written only when overwriting; the
+    champion pointer, when it differs, only with ``options.champion`` too."""
+    plan = _ModelsPlan()
+    existing = dict(store.list_objects(settings.models_bucket, "", settings))
+    for backup_key in model_keys:
+        key = backup_key[len(MODELS_DIR) :]
+        entry = manifest.entry(backup_key)
+        if key not in existing:
+            plan.write.append(key)
+            continue
+        same = existing[key] == entry.size and _remote_sha(settings.models_bucket, key, settings) == (
+            entry.sha256,
+            entry.size,
+        )
+        if same:
+            plan.unchanged.append(key)
+        elif key == CHAMPION_KEY and not options.champion:
+            plan.champion_kept = True
+        else:
+            plan.differ.append(key)
+            if options.overwrite:
+                plan.write.append(key)
+    return plan
+
+
 def _check_targets(
-    settings: Settings, options: RestoreOptions, tables: list[_TableWork], model_keys: list[str], bundled: list[str]
-) -> None:
-    """Every target exists and fits; live data in the way is refused unless overwriting."""
+    settings: Settings,
+    manifest: Manifest,
+    options: RestoreOptions,
+    tables: list[_TableWork],
+    model_keys: list[str],
+    bundled: list[str],
+) -> _ModelsPlan:
+    """Every target exists and fits; live data in the way is refused unless overwriting.
+    Returns what to do with the models bucket's objects."""
     missing, unfit, live = [], [], []
+    models = _ModelsPlan()
     for t in tables:
         desc = store.describe_table(t.target, settings)
         if desc is None:
@@ -840,12 +1053,13 @@ def _check_targets(
         if not store.bucket_exists(settings.models_bucket, settings):
             missing.append(f"models bucket {settings.models_bucket} does not exist: deploy the stack")
         else:
-            existing = {k for k, _ in store.list_objects(settings.models_bucket, "", settings)}
-            clash = [k[len(MODELS_DIR) :] for k in model_keys if k[len(MODELS_DIR) :] in existing]
+            models = _plan_models(settings, manifest, options, model_keys)
+            clash = models.differ
             if clash:
                 shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
                 live.append(
-                    f"models bucket {settings.models_bucket} already has {len(clash)} of the backup's keys: {shown}"
+                    f"models bucket {settings.models_bucket} has {len(clash)} of the backup's keys "
+                    f"with other contents: {shown}"
                 )
     if options.bundled_out is not None:
         if options.bundled_out.exists() and not options.bundled_out.is_dir():
@@ -867,13 +1081,15 @@ def _check_targets(
         raise ConflictError(
             _listing("refusing to overwrite live data without --yes (nothing was changed)", live)
             + "\nWith --yes a table's contents are replaced by the backup's (an on-demand backup of the "
-            "table is taken first) and existing model objects and files are overwritten.",
+            "table is taken first) and model objects and files with other contents are overwritten "
+            "(the champion pointer only with --champion as well).",
             "restore_would_overwrite",
         )
     config_dir = options.config_out.parent if options.config and options.config_out else None
     for out_dir in (options.bundled_out if bundled else None, config_dir):
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)  # an OSError here, not after the tables are restored
+    return models
 
 
 def _restore_table(settings: Settings, t: _TableWork, say: Progress) -> TableRestore:

@@ -56,13 +56,17 @@ class FunctionSpec:
     timeout_s: int
     description: str
     container: bool = False  # built as a container image (training needs more than a zip holds)
+    ephemeral_mb: int = 512  # /tmp (Lambda's default 512 MB; up to 10,240)
 
 
 # 1769 MB is one full vCPU: a 1000-item batch takes ~4 s of one core (benchmarks/) and the
 # API peaks near 170 MB, so memory is bought for CPU, not space. API Gateway's REST
 # integration gives up at 29 s.
 API = FunctionSpec("api", "smartgrid.api.handler.handler", 1769, 29, "Prediction API (FastAPI through Mangum)")
-BACKUP = FunctionSpec("backup", "smartgrid.jobs.backup.handler", 1024, 900, "Daily backup of tables, models, config")
+# The backup stages each table's gzip copy in /tmp before uploading it.
+BACKUP = FunctionSpec(
+    "backup", "smartgrid.jobs.backup.handler", 1024, 900, "Daily backup of tables, models, config", ephemeral_mb=10_240
+)
 # Training all three models took 131.7 s wall and 323 MiB peak with 2 threads on 224k rows
 # (issue 2); 3538 MB buys two vCPUs. Its dependencies (289 MB) exceed a zip Lambda.
 RETRAINING = FunctionSpec(
@@ -72,6 +76,7 @@ RETRAINING = FunctionSpec(
     900,
     "Monthly champion/challenger retraining",
     container=True,
+    ephemeral_mb=2048,  # the challenger's files are written to /tmp before upload
 )
 HEALTH_PROBE = FunctionSpec("health_probe", "smartgrid.jobs.probe.handler", 256, 20, "Probes the API's /health")
 USAGE_REPORT = FunctionSpec("usage_report", "smartgrid.jobs.usage.handler", 512, 300, "Monthly usage report")

@@ -134,7 +134,16 @@ def restore_command(
     models: Annotated[bool, typer.Option("--models", help="Restore the models bucket's objects")] = False,
     config: Annotated[bool, typer.Option("--config", help="Restore the configuration")] = False,
     yes: Annotated[
-        bool, typer.Option("--yes", help="Overwrite live data: replace non-empty tables, existing objects and files")
+        bool,
+        typer.Option("--yes", help="Overwrite live data: replace non-empty tables, objects and files that differ"),
+    ] = False,
+    champion: Annotated[
+        bool,
+        typer.Option(
+            "--champion",
+            help="Also put back the backup's champion pointer (registry/champion.json) if the live one differs "
+            "(with --yes); without it a live pointer is left as is, so later promotions and rollbacks stand",
+        ),
     ] = False,
     config_out: Annotated[
         Path | None, typer.Option("--config-out", help="Write the configuration here (default: print it)")
@@ -164,6 +173,7 @@ def restore_command(
             config=config or everything,
             only_tables=wanted,
             overwrite=yes,
+            champion=champion,
             config_out=config_out,
             bundled_out=bundled_out,
         )
@@ -179,7 +189,21 @@ def restore_command(
                 f"  [yellow]warning:[/] {t.extra_after} item(s) in {t.table_name} not in the backup (live writes?)"
             )
     if options.models:
-        out.print(f"  models bucket {settings.models_bucket}: {len(report.model_keys)} objects")
+        line = f"  models bucket {settings.models_bucket}: {len(report.model_keys)} objects written"
+        if report.models_replaced:
+            line += f" ({len(report.models_replaced)} of them replaced)"
+        line += f", {len(report.models_unchanged)} already there (same contents)"
+        out.print(line, highlight=False, soft_wrap=True)
+        if report.champion_kept:
+            out.print(
+                "  champion pointer registry/champion.json: the live one differs from the backup's and was "
+                "left as is (promotions and rollbacks since the backup stand); --champion --yes puts the "
+                "backup's back",
+                highlight=False,
+                soft_wrap=True,
+            )
+        elif "registry/champion.json" in report.models_replaced:
+            out.print("  champion pointer registry/champion.json: replaced by the backup's", highlight=False)
         if report.bundled:
             out.print(f"  bundled model files: {len(report.bundled)} written to {bundled_out}")
         elif report.bundled_available:
@@ -187,7 +211,13 @@ def restore_command(
                 f"  bundled model files: {report.bundled_available} in the backup (write them with --bundled-out)"
             )
     if report.config_path is not None:
-        out.print(f"  configuration written to {report.config_path}")
+        out.print(f"  configuration written to {report.config_path}", highlight=False, soft_wrap=True)
+        out.print(
+            '  [yellow]warning:[/] these are the backup function\'s settings (see its "source"), '
+            "not every function's: check each function's own before using them",
+            highlight=False,
+            soft_wrap=True,
+        )
     elif report.config_json is not None:
-        out.print("  configuration (the deployment's settings; write it with --config-out):")
+        out.print("  configuration (the backup function's settings, not every function's; write it with --config-out):")
         typer.echo(report.config_json, nl=False)

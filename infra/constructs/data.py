@@ -82,7 +82,11 @@ class Data(Construct):
         self.backups = bucket(
             "Backups",
             lifecycle_rules=[
-                s3.LifecycleRule(id="backup-retention", expiration=cdk.Duration.days(BACKUP_RETENTION_DAYS))
+                s3.LifecycleRule(
+                    id="backup-retention",
+                    expiration=cdk.Duration.days(BACKUP_RETENTION_DAYS),
+                    abort_incomplete_multipart_upload_after=cdk.Duration.days(1),
+                )
             ],
         )
         self.meter_data = bucket("MeterData", versioned=True)

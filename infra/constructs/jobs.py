@@ -7,6 +7,7 @@ from __future__ import annotations
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
@@ -57,6 +58,14 @@ class Jobs(Construct):
         bucket_actions(backup, data.backups, ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"])
         bucket_actions(backup, data.backups, ["s3:DeleteObject"], objects="backups/*/manifest.json")
         bucket_actions(backup, data.models, ["s3:GetObject"])
+        # Its own on-demand DynamoDB backups older than the retention are pruned after a
+        # successful run (ListBackups has no resource-level permissions).
+        backup.add_to_role_policy(iam.PolicyStatement(actions=["dynamodb:ListBackups"], resources=["*"]))
+        backup.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["dynamodb:DeleteBackup"], resources=[f"{t.table_arn}/backup/*" for t in tables.values()]
+            )
+        )
 
         retraining = runtime.function(RETRAINING, asynchronous=True)
         bucket_actions(retraining, data.meter_data, ["s3:GetObject"])

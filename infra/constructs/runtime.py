@@ -95,6 +95,7 @@ class Runtime(Construct):
             architecture=self.architecture,
             memory_size=memory_mb or spec.memory_mb,
             timeout=cdk.Duration.seconds(spec.timeout_s),
+            ephemeral_storage_size=cdk.Size.mebibytes(spec.ephemeral_mb),
             environment={**self.environment, **(environment or {})},
             log_group=log_group,
             logging_format=lambda_.LoggingFormat.JSON,

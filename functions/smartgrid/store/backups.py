@@ -6,14 +6,18 @@ what comes back; nothing here interprets a backup."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 from ..config import Settings
 from .aws import client
 
 BATCH_WRITE_LIMIT = 25  # DynamoDB's maximum requests per BatchWriteItem
+PART_BYTES = 16 << 20  # checked uploads go up in parts of this size (S3: >= 5 MiB, <= 10,000 parts)
 _MAX_UNPROCESSED_RETRIES = 8
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "ResourceNotFoundException"}
 
@@ -72,6 +76,18 @@ def create_backup(table: str, backup_name: str, settings: Settings) -> str:
     details = client("dynamodb", settings).create_backup(TableName=table, BackupName=backup_name)["BackupDetails"]
     arn: str = details["BackupArn"]
     return arn
+
+
+def list_user_backups(table: str, created_before: datetime, settings: Settings) -> Iterator[dict[str, Any]]:
+    """The table's on-demand (``USER``) backups created before the time, as ListBackups
+    summaries (``BackupArn``, ``BackupName``, ``BackupCreationDateTime``, ``BackupType`` ...)."""
+    pages = client("dynamodb", settings).get_paginator("list_backups")
+    for page in pages.paginate(TableName=table, TimeRangeUpperBound=created_before, BackupType="USER"):
+        yield from page.get("BackupSummaries", [])
+
+
+def delete_backup(arn: str, settings: Settings) -> None:
+    client("dynamodb", settings).delete_backup(BackupArn=arn)
 
 
 def batch_write(table: str, requests: list[dict[str, Any]], settings: Settings) -> None:
@@ -143,6 +159,54 @@ def put_object(
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
     else:
         s3.upload_fileobj(body, bucket, key, ExtraArgs={"ContentType": content_type})
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """What S3 says it stored: the object's ChecksumSHA256 (base64; a multipart object's is
+    the checksum of its parts' checksums, possibly with a ``-<parts>`` suffix) and each
+    part's (empty for a single PutObject)."""
+
+    checksum: str | None
+    part_checksums: list[str]
+
+
+def upload_checked(bucket: str, key: str, body: IO[bytes], settings: Settings, content_type: str) -> Uploaded:
+    """Upload the stream from where it stands with S3 checksums (SHA256): botocore sends the
+    checksum of the bytes it sends, S3 refuses them if they arrive otherwise and reports what it
+    stored. Up to ``PART_BYTES``: one PutObject; beyond: a multipart upload in parts of
+    ``PART_BYTES`` (aborted on failure). One part is held in memory at a time."""
+    s3 = client("s3", settings)
+    first = body.read(PART_BYTES)
+    second = body.read(PART_BYTES)
+    if not second:
+        r = s3.put_object(Bucket=bucket, Key=key, Body=first, ContentType=content_type, ChecksumAlgorithm="SHA256")
+        return Uploaded(r.get("ChecksumSHA256"), [])
+    upload_id = s3.create_multipart_upload(
+        Bucket=bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
+    )["UploadId"]
+    try:
+        parts: list[dict[str, Any]] = []
+        chunk, ahead, number = first, second, 1
+        del first, second  # one part (and the next) in memory, not every part read so far
+        while chunk:
+            r = s3.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk, ChecksumAlgorithm="SHA256"
+            )
+            parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": r.get("ChecksumSHA256", "")})
+            chunk, number = ahead, number + 1
+            ahead = body.read(PART_BYTES) if ahead else b""
+        done = s3.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):  # the failure that brought us here is the one to report
+            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
+    checksum = done.get("ChecksumSHA256")
+    if checksum is None:  # not in every CompleteMultipartUpload answer (moto): ask for it
+        checksum = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED").get("ChecksumSHA256")
+    return Uploaded(checksum, [p["ChecksumSHA256"] for p in parts])
 
 
 def delete_object(bucket: str, key: str, settings: Settings) -> None:
