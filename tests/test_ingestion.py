@@ -107,8 +107,10 @@ class Run:
     logs: list[dict[str, Any]]
 
 
-def run(event: dict[str, Any], capsys) -> Run:
-    """The Lambda entry point as Lambda calls it; its EMF line and log lines."""
+def run(event: dict[str, Any], capsys, request_id: str | None = None) -> Run:
+    """The Lambda entry point as Lambda calls it; its EMF line and log lines. Every call is a
+    new invocation (a new request id) unless ``request_id`` says otherwise: Lambda's own
+    retries of an invocation keep its request id."""
     from smartgrid.jobs.ingestion import handler
 
     capsys.readouterr()
@@ -117,7 +119,8 @@ def run(event: dict[str, Any], capsys) -> Run:
     old = h.setStream(buf)  # type: ignore[attr-defined]
     result = error = None
     try:
-        result = handler(event, LambdaContext(function_name="smartgrid-ingestion"))
+        context = LambdaContext(function_name="smartgrid-ingestion", aws_request_id=request_id or str(uuid.uuid4()))
+        result = handler(event, context)
     except Exception as exc:
         error = exc
     finally:
@@ -304,22 +307,52 @@ def test_the_same_file_twice_is_processed_once(env, ingestor, gefcom, capsys):
     assert other.result["status"] == "accepted" and len(keys(env, "accepted/")) == 2
 
 
-def test_a_delivery_while_another_is_processing_waits_for_it(env, ingestor, gefcom, capsys):
-    import hashlib
-    from datetime import UTC, datetime
+def test_a_duplicate_delivery_while_one_is_processing_is_not_processed(env, ingestor, gefcom, capsys, monkeypatch):
+    """EventBridge delivers at least once: a second delivery of the same event (the same event
+    id) is another invocation, which must not take over the claim the first one holds."""
+    from smartgrid.jobs.ingestion import meter_object
+    from smartgrid.store import meter
 
-    from smartgrid.ingestion import parse_file
+    body = csv_of(gefcom, FORECAST_DAY - 7, FORECAST_DAY + 1, spike_at=3 * H + 10)
+    event = put(env, "incoming/alice/zone-1/week.csv", body)
+    real_write = meter.write
+    during: list[Any] = []
 
-    body = csv_of(gefcom, 60, 62)
-    sha = hashlib.sha256(readings_csv(parse_file(body))).hexdigest()
-    marker = f"ingest#alice#zone-1#{sha}"
-    held = ingestor.markers.claim_once(marker, "another-event", datetime.now(UTC), CLAIM_HOLD_S, 3600)
+    def write_while_duplicate_arrives(key, *a, **kw):
+        if key.startswith("accepted/") and not during:  # the first invocation is midway
+            during.append(ingestor.ingest(meter_object(event, "request-2")))
+        return real_write(key, *a, **kw)
+
+    monkeypatch.setattr(meter, "write", write_while_duplicate_arrives)
+    first = run(event, capsys, request_id="request-1")
+    assert first.error is None and first.result["status"] == "accepted"
+    (dup,) = during
+    assert dup.status == "in_progress" and dup.anomalies is None and dup.actuals == []
+    assert len(keys(env, "accepted/")) == 1 and len(messages(env)) == 1  # processed and published once
+    assert run(event, capsys).result["status"] == "duplicate"  # a later delivery: done before
+
+
+def test_the_claim_owner_is_the_invocation(env, ingestor):
+    """The claim's rules: another owner waits while it is held; the same owner (Lambda's retry
+    of the invocation) takes it over at once; another owner takes over a stale claim."""
+    from datetime import UTC, datetime, timedelta
+
+    markers, now = ingestor.markers, datetime.now(UTC)
+    key = "ingest#alice#zone-1#" + "0" * 64
+    held = markers.claim_once(key, "request-1", now, CLAIM_HOLD_S, 3600)
     assert held.state == "claimed"
-    r = run(put(env, "incoming/alice/zone-1/busy.csv", body), capsys)
-    assert r.result["status"] == "in_progress" and keys(env, "accepted/") == []
-    # the holder's retry (same event id) takes over at once, e.g. after its container died
-    retry = ingestor.markers.claim_once(marker, "another-event", datetime.now(UTC), CLAIM_HOLD_S, 3600)
-    assert retry.state == "claimed" and retry.until >= held.until
+    busy = markers.claim_once(key, "request-2", now + timedelta(seconds=CLAIM_HOLD_S - 1), CLAIM_HOLD_S, 3600)
+    assert busy.state == "busy" and busy.until == held.until
+    retry = markers.claim_once(key, "request-1", now + timedelta(seconds=5), CLAIM_HOLD_S, 3600)
+    assert retry.state == "claimed" and retry.until > held.until
+    assert markers.finish_once(key, held.until, completed=True) is False  # the dead attempt lost it
+    late = now + timedelta(seconds=5 + CLAIM_HOLD_S + 1)  # the retry died too: its window passed
+    stale = markers.claim_once(key, "request-3", late, CLAIM_HOLD_S, 3600)
+    assert stale.state == "claimed" and stale.until > retry.until
+    assert markers.finish_once(key, retry.until, completed=True) is False
+    assert markers.finish_once(key, stale.until, completed=True) is True
+    assert markers.claim_once(key, "request-4", late, CLAIM_HOLD_S, 3600).state == "completed"
+    assert IdempotencyItem.get(key).request_digest == "request-3"
 
 
 # --------------------------------------------------------------------------- rejected
@@ -451,7 +484,7 @@ def test_a_failure_midway_raises_and_the_retry_converges(env, ingestor, gefcom, 
             m.setattr(notify, "publish", failing_publish)
         else:
             m.setattr(ingestor.markers, "finish_once", failing_finish)
-        failed = run(event, capsys)
+        failed = run(event, capsys, request_id="request-1")
     assert isinstance(failed.error, DependencyUnavailableError), failed.error
     assert "incoming/alice/zone-1/week.csv" in str(failed.error) and "retry" in str(failed.error)
     assert value(failed.emf, "job_failed_total") == 1
@@ -459,7 +492,10 @@ def test_a_failure_midway_raises_and_the_retry_converges(env, ingestor, gefcom, 
     if where == "accepted_write":
         assert keys(env, "accepted/") == []
 
-    retried = run(event, capsys)  # Lambda retries the same event
+    if where == "mark_done":  # the claim is still held: a duplicate delivery (a new invocation) waits
+        dup = run(event, capsys)
+        assert dup.error is None and dup.result["status"] == "in_progress"
+    retried = run(event, capsys, request_id="request-1")  # Lambda retries the invocation: the same request id
     assert retried.error is None, retried.error
     assert retried.result["status"] == "accepted"
     assert len(keys(env, "accepted/")) == 1

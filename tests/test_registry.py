@@ -139,8 +139,8 @@ def test_a_set_that_does_not_read_back_as_written_is_not_promoted(settings, tmp_
     before = pointer(settings)
     real_get = registry_store.get
 
-    def corrupt(s, key, quick=False):
-        obj = real_get(s, key, quick)
+    def corrupt(s, key, quick=False, deadline=None):
+        obj = real_get(s, key, quick, deadline)
         if obj is not None and key.endswith("load_forecast.onnx"):
             return registry_store.StoredObject(obj.data[:-1] + b"x", obj.etag)
         return obj
@@ -283,10 +283,10 @@ def test_a_failing_pointer_read_or_a_damaged_set_keeps_serving(api, settings, tm
 
     real_get = registry_store.get
 
-    def s3_down(s, key, quick=False):
+    def s3_down(s, key, quick=False, deadline=None):
         if key == reg.CHAMPION_KEY:
             raise DependencyUnavailableError("s3 is down")
-        return real_get(s, key, quick)
+        return real_get(s, key, quick, deadline)
 
     b = reg.publish(settings, variant(tmp_path, "b")).info.set_id
     monkeypatch.setattr(registry_store, "get", s3_down)
@@ -323,3 +323,69 @@ def test_the_pointer_is_checked_at_most_every_model_refresh_s(settings, tmp_path
     now[0] = 120.0
     calls.clear()
     assert watcher.poll() is None and calls == [reg.CHAMPION_KEY]  # unchanged: one small GetObject
+
+
+def test_a_slow_or_failed_download_keeps_serving_and_a_later_poll_succeeds(settings, monkeypatch):
+    """The watcher downloads inside a request: with the quick client and a total time budget.
+    Out of time, or failing, it keeps the current models and the next poll tries again."""
+    import io
+    import time
+
+    from smartgrid.forecast import ModelSet
+    from smartgrid.observability import logger
+
+    now = [0.0]
+    watcher = reg.ChampionWatcher(settings.model_copy(update={"model_refresh_s": 60}), clock=lambda: now[0])
+    a = reg.publish(settings, BUNDLED_MODEL_DIR).info.set_id
+    calls: list[tuple[str, bool, bool]] = []
+    real_get = registry_store.get
+
+    def slow(s, key, quick=False, deadline=None):
+        calls.append((key, quick, deadline is not None))
+        if key.startswith(reg.SETS_PREFIX):
+            time.sleep(0.3)  # a slow S3: each object takes 0.3 s
+        return real_get(s, key, quick, deadline)
+
+    monkeypatch.setattr(registry_store, "get", slow)
+    monkeypatch.setattr(reg, "WATCHER_DOWNLOAD_BUDGET_S", 0.5)
+    buf = io.StringIO()
+    handler = logger.registered_handler
+    old = handler.setStream(buf)  # type: ignore[attr-defined]
+    try:
+        started = time.monotonic()
+        assert watcher.poll() is None and watcher.set_id is None  # the current (bundled) models keep serving
+        assert time.monotonic() - started < 1.5  # stopped at the budget, not after all 7 objects
+    finally:
+        handler.setStream(old)  # type: ignore[attr-defined]
+    assert all(quick for _, quick, _ in calls)  # the pointer and the set: the short-timeout client
+    downloads = [c for c in calls if c[0].startswith(reg.SETS_PREFIX)]
+    assert 1 <= len(downloads) < 7 and all(has_deadline for *_, has_deadline in downloads)
+    assert not (Path(settings.model_cache_dir) / a).exists()  # nothing half-downloaded
+    (line,) = [json.loads(x) for x in buf.getvalue().splitlines() if "ran out of time" in x]
+    assert line["level"] == "WARNING" and line["champion"] == a and line["budget_s"] == 0.5
+    assert "out of time" in line["error"]
+
+    def s3_down(s, key, quick=False, deadline=None):
+        if key.startswith(reg.SETS_PREFIX):
+            raise DependencyUnavailableError("connection reset")
+        return real_get(s, key, quick, deadline)
+
+    monkeypatch.setattr(registry_store, "get", s3_down)
+    now[0] = 30.0
+    assert watcher.poll() is None  # not due yet
+    now[0] = 60.0
+    assert watcher.poll() is None and watcher.set_id is None  # failed: still serving the current models
+
+    monkeypatch.setattr(registry_store, "get", real_get)  # S3 is well again
+    now[0] = 120.0
+    ms = watcher.poll()
+    assert isinstance(ms, ModelSet) and ms.set_id == a == watcher.set_id and ms.models_loaded == 3
+
+
+def test_a_read_past_its_deadline_stops(settings):
+    import time
+
+    reg.publish(settings, BUNDLED_MODEL_DIR)
+    assert registry_store.get(settings, reg.CHAMPION_KEY, quick=True, deadline=time.monotonic() + 5) is not None
+    with pytest.raises(DependencyUnavailableError, match="out of time"):
+        registry_store.get(settings, reg.CHAMPION_KEY, quick=True, deadline=time.monotonic() - 1)

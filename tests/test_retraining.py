@@ -137,17 +137,60 @@ def test_gather_concatenates_a_sites_files_and_leaves_out_bad_sites(settings, ge
     time.sleep(1.05)  # S3's LastModified has one-second resolution: the second file is newer
     corrected = Series(part2.start, part2.step_s, part2.load * 1.01, part2.temperature)
     put_accepted(settings, "acme/s1", csv_bytes(corrected))
-    flat = gefcom.slice(0, 20 * DAY)
-    flat = Series(flat.start, flat.step_s, flat.load.copy(), flat.temperature)  # (slices are views)
-    flat.load[100:120] = 500.0  # 20 identical hours: a flatline
-    put_accepted(settings, "acme/s2", csv_bytes(flat))
+    put_accepted(settings, "acme/short", csv_bytes(gefcom.slice(69 * DAY + 12, 70 * DAY)))  # 12 hours
     g = retraining.gather(settings)
-    assert g.files == 3 and [s.name for s in g.sites] == ["acme/s1"]
+    assert g.files == g.files_read == 3 and g.files_not_read == 0 and [s.name for s in g.sites] == ["acme/s1"]
     s1 = g.sites[0].series
-    assert s1.n == 70 * DAY and g.sites[0].files == 2
+    assert s1.n == 70 * DAY and g.sites[0].files == 2 and g.sites[0].blanked == []
     np.testing.assert_allclose(s1.load[: 30 * DAY], part1.load[: 30 * DAY], atol=1e-3)
     np.testing.assert_allclose(s1.load[30 * DAY :], corrected.load, atol=1e-3)  # the overlap: newest file
-    assert "flatline" in g.skipped["acme/s2"]
+    assert "too_little_history" in g.skipped["acme/short"] or "day(s)" in g.skipped["acme/short"]
+
+
+def test_a_stuck_meter_blanks_its_stretch_not_the_site(settings, gefcom):
+    """Ingestion accepts a file with a flatline (it cannot tell a quiet hour from a stuck meter
+    in one file); retraining sets the stretch to NaN and keeps the site, every month."""
+    flat = gefcom.slice(0, 20 * DAY)
+    flat = Series(flat.start, flat.step_s, flat.load.copy(), flat.temperature)  # (slices are views)
+    flat.load[100:108] = 500.0  # 8 identical hours: a stuck meter (flatline_hours is 6)
+    flat.load[200:204] = 600.0  # 4 hours: not a flatline
+    put_accepted(settings, "acme/s2", csv_bytes(flat))
+    (site,) = retraining.gather(settings).sites
+    assert site.name == "acme/s2" and site.series.n == 20 * DAY
+    assert site.blanked == [
+        {"start": "2006-01-05T04:00:00Z", "end": "2006-01-05T11:00:00Z", "readings": 8, "load": 500.0}
+    ]
+    assert np.isnan(site.series.load[100:108]).all() and np.isfinite(site.series.load[99]).all()
+    assert (site.series.load[200:204] == 600.0).all() and np.isfinite(site.series.load[108:]).all()
+
+
+def _quarter_hourly(series: Series) -> Series:
+    """The series at 15-minute resolution (each hour's load repeated)."""
+    temp = None if series.temperature is None else np.repeat(series.temperature, 4)
+    return Series(series.start, 900, np.repeat(series.load, 4), temp)
+
+
+def test_a_site_keeps_its_dominant_grid_and_reports_the_other_files(settings, gefcom):
+    hourly1 = put_accepted(settings, "acme/s3", csv_bytes(gefcom.slice(0, 30 * DAY)))
+    hourly2 = put_accepted(settings, "acme/s3", csv_bytes(gefcom.slice(30 * DAY, 60 * DAY)))
+    quarter = put_accepted(settings, "acme/s3", csv_bytes(_quarter_hourly(gefcom.slice(60 * DAY, 62 * DAY))))
+    half = gefcom.slice(62 * DAY, 64 * DAY)
+    shifted = put_accepted(
+        settings, "acme/s3", csv_bytes(Series(half.start + np.timedelta64(1800, "s"), 3600, half.load, None))
+    )
+    g = retraining.gather(settings)
+    (site,) = g.sites
+    assert site.series.step_s == 3600 and site.files == 2 and site.series.n == 60 * DAY
+    assert set(g.files_skipped) == {quarter, shifted} and hourly1 not in g.files_skipped
+    assert "15-minute grid" in g.files_skipped[quarter] and "dominant one is 60-minute" in g.files_skipped[quarter]
+    assert "offset 1800 s" in g.files_skipped[shifted]
+    # when the finer files cover more time, they win
+    for d in range(0, 60, 10):
+        put_accepted(settings, "acme/s4", csv_bytes(_quarter_hourly(gefcom.slice(d * DAY, (d + 10) * DAY))))
+    h = put_accepted(settings, "acme/s4", csv_bytes(gefcom.slice(60 * DAY, 70 * DAY)))
+    g = retraining.gather(settings)
+    s4 = next(s for s in g.sites if s.name == "acme/s4")
+    assert s4.series.step_s == 900 and s4.files == 6 and h in g.files_skipped and hourly2 not in g.files_skipped
 
 
 # ------------------------------------------------------------------------- real training
@@ -164,9 +207,14 @@ def test_retraining_promotes_a_better_challenger(settings, gefcom, trained_dirs)
     assert ch["set_id"] == champion and cl["mape"] < ch["mape"]
     assert 0 < cl["mape"] < 10 and ch["days"] == cl["days"] == 14 and ch["points"] == cl["points"] == 14 * DAY
     assert d.holdout_window == {"start": "2006-05-17T00:00:00Z", "end": "2006-05-30T23:59:59Z", "days": 14}
-    assert d.data_window == {"start": "2006-01-01T00:00:00Z", "end": "2006-05-30T23:00:00Z"}
+    assert d.data_window == {
+        "start": "2006-01-01T00:00:00Z",
+        "end": "2006-05-30T23:00:00Z",
+        "max_days": 730,
+        "cut_at": "2004-05-17T00:00:00Z",  # 730 + 14 days before the holdout's end: nothing is cut
+    }
     assert cl["training_window"]["end"] < d.holdout_window["start"]  # trained on the days before it
-    assert d.sites["trained_on"] == ["acme/s1"] and d.sites["files"] == 2
+    assert d.sites["trained_on"] == ["acme/s1"] and d.sites["files"] == d.sites["files_read"] == 2
     assert d.resources["duration_s"] > 0 and d.resources["cpu_s"] > 0 and d.resources["peak_rss_mib"] > 50
 
     new = reg.read_champion(settings)
@@ -199,13 +247,96 @@ def test_retraining_keeps_a_better_champion(settings, gefcom, trained_dirs):
 
 
 # ------------------------------------------------------------------------- decisions
-def test_without_a_champion_the_challenger_becomes_the_first(settings, gefcom, trained_dirs, monkeypatch):
+def test_without_a_pointer_the_bundled_models_are_the_champion(settings, gefcom, trained_dirs, monkeypatch):
+    """No pointer: the API serves the bundled models (model_dir), so the challenger must beat them."""
     fake_training(monkeypatch, trained_dirs["good"])
     put_accepted(settings, "acme/s1", csv_bytes(gefcom))
-    d = retraining.retrain(settings)
-    assert d.status == "promoted" and "no champion yet" in d.reason and d.champion is None
+    bundled_noise = settings.model_copy(update={"model_dir": trained_dirs["noise"]})
+    d = retraining.retrain(bundled_noise)
+    assert d.status == "promoted" and "bundled models" in d.reason and "challenger MAPE" in d.reason
+    ch, cl = d.champion, d.challenger
+    assert ch is not None and cl is not None
+    assert ch["set_id"] is None and ch["source"] == "bundled" and ch["model_dir"] == str(trained_dirs["noise"])
+    assert cl["mape"] < ch["mape"] and ch["days"] == cl["days"] == 14
     new = reg.read_champion(settings)
-    assert new is not None and new.previous_set_id is None and new.set_id == d.challenger["set_id"]  # type: ignore[index]
+    assert new is not None and new.previous_set_id is None and new.set_id == cl["set_id"]
+    assert reg.read_decision(settings, d.decision_key)["champion"]["source"] == "bundled"  # type: ignore[arg-type]
+
+
+def test_without_a_pointer_better_bundled_models_are_kept(settings, gefcom, trained_dirs, monkeypatch):
+    fake_training(monkeypatch, trained_dirs["noise"])
+    put_accepted(settings, "acme/s1", csv_bytes(gefcom))
+    d = retraining.retrain(settings.model_copy(update={"model_dir": trained_dirs["good"]}))
+    assert d.status == "kept" and "bundled models" in d.reason
+    assert d.champion["set_id"] is None and d.champion["source"] == "bundled"  # type: ignore[index]
+    assert d.challenger["mape"] >= d.champion["mape"]  # type: ignore[index]
+    assert reg.read_champion(settings) is None and set_ids(settings) == set()  # nothing promoted or uploaded
+
+
+def test_unloadable_bundled_models_are_replaced(settings, gefcom, trained_dirs, monkeypatch, tmp_path):
+    fake_training(monkeypatch, trained_dirs["good"])
+    put_accepted(settings, "acme/s1", csv_bytes(gefcom))
+    d = retraining.retrain(settings.model_copy(update={"model_dir": tmp_path / "nothing"}))
+    assert d.status == "promoted" and "could not be loaded" in d.reason
+    assert d.champion["source"] == "bundled" and d.champion["error"]  # type: ignore[index]
+    assert reg.read_champion(settings) is not None
+
+
+def test_training_is_capped_to_the_latest_days_and_old_files_are_not_read(settings, gefcom, trained_dirs, monkeypatch):
+    """retrain_max_days: training on at most that many days before the holdout; files stored
+    before the window are not even read (their readings precede their upload)."""
+    from smartgrid.training import pipeline
+
+    fake_training(monkeypatch, trained_dirs["good"])
+    trained: list[list[Series]] = []
+    fake = pipeline.train_all
+
+    def spy(series_list, *a, **kw):
+        trained.append(series_list)
+        return fake(series_list, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "train_all", spy)
+    old = put_accepted(settings, "acme/s1", csv_bytes(gefcom.slice(0, 20 * DAY)))
+    put_accepted(settings, "acme/s1", csv_bytes(gefcom.slice(20 * DAY, 100 * DAY)))
+    put_accepted(settings, "acme/s1", csv_bytes(gefcom.slice(100 * DAY, gefcom.n)))
+    # S3's LastModified as a live bucket would have it: each file stored the day after its last reading
+    stored = {old: "2006-01-21", "": "2006-05-31"}
+    real_objects = registry_store.meter_objects
+
+    def dated(s, prefix):
+        return [
+            registry_store.MeterObject(o.key, datetime.fromisoformat(stored.get(o.key, stored[""])).replace(tzinfo=UTC))
+            for o in real_objects(s, prefix)
+        ]
+
+    monkeypatch.setattr(registry_store, "meter_objects", dated)
+    monkeypatch.setattr(retraining, "READ_BATCH", 1)  # one file at a time: the window is known after the first
+    capped = settings.model_copy(update={"retrain_max_days": 70, "model_dir": trained_dirs["noise"]})
+    d = retraining.retrain(capped)
+
+    assert d.status == "promoted"
+    assert d.data_window == {
+        "start": "2006-03-08T00:00:00Z",  # the holdout (2006-05-17 to 05-30) and 70 days before it
+        "end": "2006-05-30T23:00:00Z",
+        "max_days": 70,
+        "cut_at": "2006-03-08T00:00:00Z",
+    }
+    assert d.holdout_window == {"start": "2006-05-17T00:00:00Z", "end": "2006-05-30T23:59:59Z", "days": 14}
+    assert d.sites["files"] == 3 and d.sites["files_read"] == 2 and d.sites["files_not_read"] == 1
+    ((series,),) = trained
+    assert str(series.start) == "2006-03-08T00:00:00" and series.n == 70 * DAY
+    assert reg.read_decision(settings, d.decision_key)["sites"]["files_not_read"] == 1  # type: ignore[arg-type]
+
+
+def test_a_flatline_is_recorded_in_the_decision(settings, gefcom, trained_dirs, monkeypatch):
+    fake_training(monkeypatch, trained_dirs["good"])
+    stuck = Series(gefcom.start, gefcom.step_s, gefcom.load.copy(), gefcom.temperature)
+    stuck.load[50 * DAY : 50 * DAY + 9] = 2000.0
+    put_accepted(settings, "acme/s1", csv_bytes(stuck))
+    d = retraining.retrain(settings.model_copy(update={"model_dir": trained_dirs["noise"]}))
+    assert d.sites["trained_on"] == ["acme/s1"] and d.status == "promoted"
+    ((stretch,),) = d.sites["flatlines_blanked"].values()
+    assert stretch["readings"] == 9 and stretch["start"] == "2006-02-20T00:00:00Z"
 
 
 def test_a_damaged_champion_is_replaced_by_the_challenger(settings, gefcom, trained_dirs, monkeypatch):
@@ -301,6 +432,8 @@ def test_handler_skips_without_data_and_fails_without_bucket(settings, capsys, m
 
 
 def test_cli_retrain(settings, gefcom, trained_dirs, monkeypatch):
+    monkeypatch.setenv("SMARTGRID_MODEL_DIR", str(trained_dirs["noise"]))  # bundled models worse than the challenger
+    get_settings.cache_clear()
     runner = CliRunner()
     r = runner.invoke(cli_app, ["retrain"])
     assert r.exit_code == 2 and "not enough data" in r.output

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     model_refresh_s: int = Field(default=300, ge=0)  # API containers check the champion pointer this often
     model_cache_dir: Path = Path("/tmp/smartgrid-models")  # where a container keeps downloaded model sets
     retrain_holdout_days: int = Field(default=14, ge=1, le=90)  # champion and challenger scored on these
+    # Retraining trains on at most this many days of readings before the holdout (the newest);
+    # older accepted files are not read.
+    retrain_max_days: int = Field(default=730, ge=1, le=36_500)
     # DynamoDB calls from the API: short timeouts so a slow dependency degrades, not hangs.
     dynamodb_connect_timeout_s: float = Field(default=1.0, gt=0, le=10)
     dynamodb_read_timeout_s: float = Field(default=2.0, gt=0, le=30)

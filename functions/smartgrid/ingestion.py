@@ -16,10 +16,14 @@ the engine's parser and validation (``data.read_csv`` and ``data.validate``, the
 Once per content: the accepted readings' digest is claimed in the idempotency table
 (``ingest#<client>#<site_id>#<sha256>``) before any work and marked completed after all of it,
 so the same file delivered again (the same event, or the same readings under another key) is
-a no-op (``duplicate``). Every step is repeatable (content-addressed writes, merged actuals),
-so when S3, DynamoDB or SNS fail midway the error is raised (the event is retried and, in the
-end, lands in the dead-letter queue) and the retry converges; the file stays in ``incoming/``
-until it is accepted or moved aside, so nothing is lost.
+a no-op (``duplicate``), or ``in_progress`` while another invocation holds the claim. The
+claim's owner is the Lambda invocation (its request id, which Lambda keeps across its own
+retries): EventBridge delivers at least once, and a duplicate delivery of an event is a new
+invocation, so it never takes over a claim that is still held. Every step is repeatable
+(content-addressed writes, merged actuals), so when S3, DynamoDB or SNS fail midway the error
+is raised (the event is retried and, in the end, lands in the dead-letter queue) and the
+retry converges; the file stays in ``incoming/`` until it is accepted or moved aside, so
+nothing is lost.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ from .service import PredictionService, utcnow
 from .store import meter, notify
 
 # A claim is held this long: past the function's timeout, so only a dead attempt loses it early
-# (and then its own retry, carrying the same event id, takes it over at once).
+# (and then its own retry, carrying the same Lambda request id, takes it over at once; any
+# other invocation, e.g. a duplicate EventBridge delivery, only once this window has passed).
 CLAIM_HOLD_S = INGESTION.timeout_s + 60
 ACTUALS_LOOKBACK = timedelta(days=2)  # predictions made up to two days before the first reading
 PREDICTIONS_PAGE = 100
@@ -81,7 +86,7 @@ EXPECTED = (
 class OnceStore(Protocol):
     """The markers' store (``smartgrid.store.dynamo.DynamoStore``)."""
 
-    def claim_once(self, key: str, attempt: str, now: datetime, hold_s: float, keep_s: float) -> Any: ...
+    def claim_once(self, key: str, owner: str, now: datetime, hold_s: float, keep_s: float) -> Any: ...
     def finish_once(self, key: str, until: float, completed: bool) -> bool: ...
 
 
@@ -93,8 +98,10 @@ class MeterObject:
     key: str
     etag: str | None = None
     size: int | None = None
-    # The attempt's identity: the event id (a retry of the event carries the same one).
-    attempt: str = field(default_factory=lambda: f"local-{uuid.uuid4()}")
+    # Who owns the ingestion claim: the Lambda invocation's aws_request_id (Lambda's retries of
+    # one invocation keep it; a duplicate EventBridge delivery is a new invocation with a new
+    # one), or a fresh id for a CLI run.
+    owner: str = field(default_factory=lambda: f"local-{uuid.uuid4()}")
 
 
 @dataclass
@@ -357,7 +364,7 @@ class Ingestor:
         marker = f"ingest#{mk.client}#{mk.site_id}#{sha}"
         keep_s = self.settings.prediction_retention_days * DAY_S
         with _stage(obj, "claiming the file in the idempotency table"):
-            claim = self.markers.claim_once(marker, obj.attempt, self.clock(), CLAIM_HOLD_S, keep_s)
+            claim = self.markers.claim_once(marker, obj.owner, self.clock(), CLAIM_HOLD_S, keep_s)
         if claim.state != "claimed":
             outcome.status = "duplicate" if claim.state == "completed" else "in_progress"
             outcome.detail = (

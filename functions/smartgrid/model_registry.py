@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .errors import ConflictError, ModelIntegrityError, ModelNotFoundError, NotFoundError
+from .errors import ConflictError, DependencyUnavailableError, ModelIntegrityError, ModelNotFoundError, NotFoundError
 from .forecast import ModelSet
 from .io_utils import staged_directory
 from .observability import logger
@@ -44,6 +44,10 @@ CHAMPION_KEY = "registry/champion.json"
 DECISIONS_PREFIX = "registry/decisions/"
 SET_FILE = "set.json"
 SET_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+# The API downloads a newly promoted set inside a request (API Gateway gives up at 29 s): with
+# the quick client (1 s connect, 2 s read, 2 attempts) and at most this long in all; past it,
+# the current models keep serving and the next poll tries again.
+WATCHER_DOWNLOAD_BUDGET_S = 10.0
 
 
 def utcnow() -> datetime:
@@ -184,24 +188,33 @@ def upload_set(settings: Settings, prepared: PreparedSet) -> SetInfo:
     return prepared.info
 
 
-def read_set_info(settings: Settings, set_id: str) -> SetInfo:
+def read_set_info(settings: Settings, set_id: str, quick: bool = False, deadline: float | None = None) -> SetInfo:
     key = set_prefix(_check_set_id(set_id)) + SET_FILE
-    obj = store.get(settings, key)
+    obj = store.get(settings, key, quick=quick, deadline=deadline)
     if obj is None:
         raise ModelNotFoundError(f"model set {set_id}: s3://{settings.models_bucket}/{key} not found")
     return SetInfo.parse(obj.data, f"s3://{settings.models_bucket}/{key}")
 
 
-def fetch_set(settings: Settings, set_id: str, expected: SetInfo | None = None) -> tuple[SetInfo, dict[str, bytes]]:
+def fetch_set(
+    settings: Settings,
+    set_id: str,
+    expected: SetInfo | None = None,
+    *,
+    quick: bool = False,
+    deadline: float | None = None,
+) -> tuple[SetInfo, dict[str, bytes]]:
     """A set's ``set.json`` and objects, each object's sha256 checked against it (and
-    ``set.json`` against ``expected`` when given)."""
-    info = read_set_info(settings, set_id)
+    ``set.json`` against ``expected`` when given). ``quick``/``deadline``: the short-timeout
+    client and a ``time.monotonic()`` by which every read must be done (the API's watcher);
+    past it, ``DependencyUnavailableError``."""
+    info = read_set_info(settings, set_id, quick=quick, deadline=deadline)
     if expected is not None and info.to_bytes() != expected.to_bytes():
         raise ModelIntegrityError(f"model set {set_id}: set.json as stored differs from what was uploaded")
     objects: dict[str, bytes] = {}
     for name, sha in info.objects.items():
         key = set_prefix(set_id) + name
-        obj = store.get(settings, key)
+        obj = store.get(settings, key, quick=quick, deadline=deadline)
         if obj is None:
             raise ModelNotFoundError(f"model set {set_id}: s3://{settings.models_bucket}/{key} not found")
         actual = sha256_hex(obj.data)
@@ -218,18 +231,28 @@ def verify_set(settings: Settings, set_id: str, expected: SetInfo | None = None)
     return info
 
 
-def download_set(settings: Settings, set_id: str, target: Path) -> SetInfo:
+def download_set(
+    settings: Settings, set_id: str, target: Path, *, quick: bool = False, deadline: float | None = None
+) -> SetInfo:
     """Fetch a set into ``target`` (files appear there only once all are fetched and verified)."""
-    info, objects = fetch_set(settings, set_id)
+    info, objects = fetch_set(settings, set_id, quick=quick, deadline=deadline)
     with staged_directory(target) as stage:
         for name, data in {**objects, SET_FILE: info.to_bytes()}.items():
             (stage / name).write_bytes(data)
     return info
 
 
-def load_set(settings: Settings, set_id: str, target: Path, threads: int = 1) -> ModelSet:
+def load_set(
+    settings: Settings,
+    set_id: str,
+    target: Path,
+    threads: int = 1,
+    *,
+    quick: bool = False,
+    deadline: float | None = None,
+) -> ModelSet:
     """Download and load a set; all three models must load (else ``ModelIntegrityError``)."""
-    download_set(settings, set_id, target)
+    download_set(settings, set_id, target, quick=quick, deadline=deadline)
     ms = ModelSet.load(target, threads=threads)
     if ms.errors:
         raise ModelIntegrityError(f"model set {set_id} did not load: {'; '.join(ms.errors.values())}")
@@ -358,9 +381,11 @@ def rollback(settings: Settings, reason: str | None = None) -> Promotion:
 class ChampionWatcher:
     """Keeps an API container on the champion set. ``poll()`` is called on requests; at most
     every ``model_refresh_s`` seconds it reads the pointer (one small GetObject with short
-    timeouts) and, when it names another set, downloads it to ``model_cache_dir/<set id>/``,
-    verifies and loads it, and returns the new ``ModelSet`` for the caller to swap in. Every
-    failure is logged and ignored: the current models keep serving. No champion (no pointer,
+    timeouts) and, when it names another set, downloads it to ``model_cache_dir/<set id>/``
+    with the same short-timeout client and within ``WATCHER_DOWNLOAD_BUDGET_S`` in all (this
+    runs inside a request), verifies and loads it, and returns the new ``ModelSet`` for the
+    caller to swap in. Every failure, a download out of time included, is logged and ignored:
+    the current models keep serving and the next poll tries again. No champion (no pointer,
     no bucket: the local run) means the bundled models stay."""
 
     def __init__(
@@ -396,8 +421,30 @@ class ChampionWatcher:
         if champion.set_id == self.set_id:
             return None
         cache = Path(self.settings.model_cache_dir)
+        started = time.monotonic()
         try:
-            models = load_set(self.settings, champion.set_id, cache / champion.set_id, self.settings.ort_threads)
+            models = load_set(
+                self.settings,
+                champion.set_id,
+                cache / champion.set_id,
+                self.settings.ort_threads,
+                quick=True,
+                deadline=started + WATCHER_DOWNLOAD_BUDGET_S,
+            )
+        except DependencyUnavailableError as exc:
+            logger.warning(
+                "downloading the champion model set failed or ran out of time; the current models keep "
+                "serving, the next check tries again",
+                extra={
+                    "champion": champion.set_id,
+                    "set_id": self.set_id,
+                    "budget_s": WATCHER_DOWNLOAD_BUDGET_S,
+                    "elapsed_s": round(time.monotonic() - started, 2),
+                    "next_check_in_s": self.settings.model_refresh_s,
+                    "error": repr(exc),
+                },
+            )
+            return None
         except Exception as exc:
             logger.error(
                 "could not load the champion model set; the current models keep serving",

@@ -2,17 +2,26 @@
 is better").
 
 1. Gather the accepted readings of every site (``accepted/<client>/<site_id>/*.csv`` in the
-   meter-data bucket): a site's files are concatenated, a timestamp delivered twice keeps the
-   reading of the newest file, and the result is validated by the engine (``data.validate``).
+   meter-data bucket), read concurrently (``READ_WORKERS``), newest files first: the data
+   window is the last ``retrain_holdout_days`` whole days (UTC) plus at most
+   ``retrain_max_days`` days before them; readings before it are not used, and files stored
+   before it are not read at all (a file's readings precede its upload). A site's files on
+   one grid (its dominant resolution: the resolution and phase covering the most time) are
+   concatenated, a timestamp delivered twice keeping the reading of the newest file; files on
+   another grid are left out and said why. The result is validated by the engine
+   (``data.validate``), and flatline stretches (a stuck meter: ``flatline_hours`` of one
+   value, which ingestion lets through file by file) are blanked (NaN) rather than dropping
+   the site; what was blanked or skipped is recorded in the decision's ``sites``.
 2. Hold out the most recent ``retrain_holdout_days`` whole days (UTC) of the data; train the
    challenger on the days before (``train_all``).
 3. Score champion and challenger on the SAME holdout with the same day-ahead protocol: each
    holdout day forecast at its midnight by ``Forecaster`` from the history before it (the
    observed temperature of the day standing in for its forecast, as in the backtests), MAPE
-   of P50 against the actuals, on the points both forecast.
-4. Promote only if the challenger's MAPE is lower (no champion yet: the challenger becomes
-   the first). Promotion is the registry's single pointer switch; the decision is recorded in
-   ``registry/decisions/`` and logged either way, with duration and peak memory.
+   of P50 against the actuals, on the points both forecast. With no champion pointer yet, the
+   champion is what the API serves then: the bundled models (``settings.model_dir``).
+4. Promote only if the challenger's MAPE is lower. Promotion is the registry's single pointer
+   switch; the decision is recorded in ``registry/decisions/`` and logged either way, with
+   duration and peak memory.
 
 Too little data raises ``InsufficientHistoryError`` after recording a "skipped" decision.
 """
@@ -20,6 +29,7 @@ Too little data raises ``InsufficientHistoryError`` after recording a "skipped" 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
 import tempfile
@@ -35,7 +45,7 @@ import numpy as np
 
 from . import model_registry as reg
 from .config import Settings
-from .data import DAY_S, Readings, Series, iso, read_csv, validate
+from .data import DAY_S, Readings, Series, flat_runs, infer_step_seconds, iso, read_csv, validate
 from .errors import (
     ConflictError,
     DataValidationError,
@@ -55,6 +65,8 @@ from .store.meter import ACCEPTED, MeterKey
 # The challenger needs this many whole days before the holdout (as `smartgrid train` asks):
 # the mixture of experts keeps a quarter of its training days for its gate and intervals.
 MIN_TRAINING_DAYS = 60
+READ_WORKERS = 8  # concurrent S3 GetObjects when gathering the accepted files
+READ_BATCH = 4 * READ_WORKERS  # files read before the window's start is known better
 PROTOCOL = (
     "each holdout day forecast at its midnight (UTC) from the history before it, with the day's observed "
     "temperature as its forecast; MAPE of P50 against actuals on the points both sets forecast"
@@ -67,13 +79,19 @@ class Site:
     series: Series
     files: int
     readings: int
+    blanked: list[dict[str, Any]] = field(default_factory=list)  # flatline stretches set to NaN
 
 
 @dataclass
 class Gathered:
     sites: list[Site]
     skipped: dict[str, str]  # site -> why it was left out
-    files: int
+    files: int  # files listed under accepted/
+    files_read: int = 0
+    files_not_read: int = 0  # stored before the data window: not read
+    files_skipped: dict[str, str] = field(default_factory=dict)  # file key -> why its readings were not used
+    window_start: np.datetime64 | None = None  # readings before it are not used (retrain_max_days)
+    max_days: int = 0
 
 
 @dataclass
@@ -90,7 +108,7 @@ class Decision:
     reason: str
     champion: dict[str, Any] | None = None  # {"set_id", "mape", ...}
     challenger: dict[str, Any] | None = None
-    data_window: dict[str, str] | None = None
+    data_window: dict[str, Any] | None = None
     holdout_window: dict[str, Any] | None = None
     sites: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
@@ -146,11 +164,114 @@ def combine(parts: list[Readings], source: str) -> Readings:
     )
 
 
+def _parse(key: str, body: bytes) -> Readings | DataValidationError:
+    try:
+        return parse_csv_bytes(body, key)
+    except DataValidationError as exc:
+        return exc
+
+
+def _step(r: Readings) -> int | None:
+    secs = r.timestamps.astype("datetime64[s]").astype("int64")
+    return infer_step_seconds(np.diff(np.sort(secs))) if len(r) >= 2 else None
+
+
+def _window_end(last_s: int) -> int:
+    """The holdout's end: the last midnight with a complete day before it (``holdout_window``)."""
+    return last_s - last_s % DAY_S
+
+
+def _read(
+    settings: Settings, objects: list[store.MeterObject], span_s: int
+) -> tuple[dict[str, Readings | DataValidationError], int]:
+    """The files' readings, newest files first, READ_BATCH at a time (concurrently). Once the
+    newest reading seen bounds the window's start from below, files stored before that bound
+    hold no reading in the window (readings precede their upload) and are not read. Returns
+    the parsed files and how many were not read."""
+    order = sorted(objects, key=lambda o: (o.last_modified, o.key), reverse=True)
+    parsed: dict[str, Readings | DataValidationError] = {}
+    latest: int | None = None
+    i = 0
+    while i < len(order):
+        end = min(i + READ_BATCH, len(order))
+        if latest is not None:
+            floor = _window_end(latest) - span_s
+            end = next((k for k in range(i, end) if order[k].last_modified.timestamp() < floor), end)
+            if end == i:
+                return parsed, len(order) - i
+        batch = order[i:end]
+        for o, r in zip(
+            batch, store.read_meter_many(settings, [o.key for o in batch], _parse, READ_WORKERS), strict=True
+        ):
+            parsed[o.key] = r
+            if isinstance(r, Readings) and len(r):
+                step = _step(r) or 0
+                last = int(r.timestamps.astype("datetime64[s]").astype("int64").max()) + step
+                latest = last if latest is None else max(latest, last)
+        i = end
+    return parsed, 0
+
+
+def _one_grid(files: list[tuple[store.MeterObject, Readings]], name: str, skipped: dict[str, str]) -> list[Readings]:
+    """The site's files on its dominant grid (resolution and phase covering the most time;
+    a tie goes to the grid of the newest file); the others are recorded in ``skipped``."""
+    grids: dict[tuple[int, int], list[tuple[store.MeterObject, Readings]]] = defaultdict(list)
+    for o, r in files:
+        step = _step(r) or 0
+        phase = int(r.timestamps.astype("datetime64[s]").astype("int64").min()) % step if step else 0
+        grids[(step, phase)].append((o, r))
+
+    def weight(g: tuple[int, int]) -> tuple[int, Any]:
+        return sum(len(r) for _, r in grids[g]) * g[0], max((o.last_modified, o.key) for o, _ in grids[g])
+
+    best = max(grids, key=weight)
+    for g, members in grids.items():
+        if g == best:
+            continue
+        for o, _ in members:
+            skipped[o.key] = (
+                f"{name}: a {g[0] / 60:g}-minute grid (offset {g[1]} s) while the site's dominant one is "
+                f"{best[0] / 60:g}-minute (offset {best[1]} s, {len(grids[best])} file(s)): not used"
+            )
+    return [r for _, r in grids[best]]
+
+
+def _since(r: Readings, start_s: int) -> Readings:
+    keep = r.timestamps.astype("datetime64[s]").astype("int64") >= start_s
+    return Readings(
+        r.timestamps[keep],
+        r.load[keep],
+        None if r.temperature is None else r.temperature[keep],
+        np.arange(1, int(keep.sum()) + 1, dtype="int64"),
+        r.source,
+    )
+
+
+def blank_flatlines(series: Series, flatline_hours: float) -> list[dict[str, Any]]:
+    """Set every flatline (``flatline_hours`` or more of one value, the rule of ``validate``)
+    to NaN in place: a stuck meter's stretch, not the site, is left out. Returns what was blanked."""
+    min_run = max(3, math.ceil(flatline_hours * 3600 / series.step_s))
+    blanked = []
+    for a, b in flat_runs(series.load, min_run):
+        blanked.append(
+            {
+                "start": iso(series.start + np.timedelta64(a * series.step_s, "s")),
+                "end": iso(series.start + np.timedelta64((b - 1) * series.step_s, "s")),
+                "readings": b - a,
+                "load": float(series.load[a]),
+            }
+        )
+        series.load[a:b] = np.nan
+    return blanked
+
+
 def gather(settings: Settings) -> Gathered:
-    """Every site's accepted readings, validated. A site whose data fails validation is left
-    out (and said why), not the whole run."""
+    """Every site's accepted readings in the data window, on one grid, validated, flatlines
+    blanked (see the module's docstring). A site whose data fails validation is left out
+    (and said why), not the whole run."""
     groups: dict[str, list[store.MeterObject]] = defaultdict(list)
     skipped: dict[str, str] = {}
+    files_skipped: dict[str, str] = {}
     objects = store.meter_objects(settings, ACCEPTED)
     for obj in objects:
         try:
@@ -159,20 +280,63 @@ def gather(settings: Settings) -> Gathered:
             logger.warning("unexpected key under accepted/, ignored", extra={"key": obj.key, "error": str(exc)})
             continue
         groups[f"{mk.client}/{mk.site_id}"].append(obj)
-    sites: list[Site] = []
+    max_days = settings.retrain_max_days
+    span_s = (settings.retrain_holdout_days + max_days) * DAY_S
+    parsed, not_read = _read(settings, [o for g in groups.values() for o in g], span_s)
+
+    combined: dict[str, tuple[Readings, int]] = {}
     for name in sorted(groups):
-        files = sorted(groups[name], key=lambda o: (o.last_modified, o.key))
-        source = f"{ACCEPTED}{name}/ ({len(files)} file(s))"
+        files = sorted(groups[name], key=lambda o: (o.last_modified, o.key))  # oldest first: the newest wins
+        read: list[tuple[store.MeterObject, Readings]] = []
+        for o in files:
+            r = parsed.get(o.key)
+            if isinstance(r, DataValidationError):
+                files_skipped[o.key] = f"does not parse: {r}"
+                logger.warning("accepted file not used in retraining", extra={"key": o.key, "problems": str(r)})
+            elif r is not None and len(r):
+                read.append((o, r))
+        if not read:
+            skipped[name] = "no readable file in the data window"
+            continue
+        parts = _one_grid(read, name, files_skipped)
+        combined[name] = (combine(parts, f"{ACCEPTED}{name}/ ({len(parts)} file(s))"), len(parts))
+
+    window_start: int | None = None
+    if combined:
+        last = max(
+            int(r.timestamps[-1].astype("datetime64[s]").astype("int64")) + (_step(r) or 0)
+            for r, _ in combined.values()
+        )
+        window_start = _window_end(last) - span_s
+    sites: list[Site] = []
+    for name, (readings, n_files) in combined.items():
+        assert window_start is not None
+        recent = _since(readings, window_start)
         try:
-            parts = [parse_csv_bytes(store.read_meter(settings, o.key), o.key) for o in files]
-            readings = combine(parts, source)
-            series = validate(readings, min_days=1.0, flatline_hours=settings.flatline_hours, allow_gaps=True)
+            if len(recent) < 2:
+                raise InsufficientHistoryError(
+                    [Problem("too_little_history", f"no readings since {iso(np.datetime64(window_start, 's'))}")],
+                    readings.source,
+                )
+            series = validate(recent, min_days=1.0, flatline_hours=None, allow_gaps=True)
         except DataValidationError as exc:
             skipped[name] = str(exc)
             logger.warning("site left out of retraining", extra={"site": name, "problems": str(exc)})
             continue
-        sites.append(Site(name, series, len(files), len(readings)))
-    return Gathered(sites, skipped, len(objects))
+        blanked = blank_flatlines(series, settings.flatline_hours)
+        if blanked:
+            logger.warning("flatlines blanked in a site's readings", extra={"site": name, "stretches": len(blanked)})
+        sites.append(Site(name, series, n_files, len(recent), blanked))
+    return Gathered(
+        sites,
+        skipped,
+        len(objects),
+        files_read=len(parsed),
+        files_not_read=not_read,
+        files_skipped=files_skipped,
+        window_start=None if window_start is None else np.datetime64(window_start, "s"),
+        max_days=max_days,
+    )
 
 
 # ------------------------------------------------------------------------- holdout
@@ -309,18 +473,29 @@ def _plan(run: _Run, gathered: Gathered, days: int) -> tuple[np.datetime64, list
     left_out = dict(gathered.skipped)
     trained_on: list[str] = []
     d.sites = {
-        "files": gathered.files,
-        "readings": sum(s.readings for s in gathered.sites),  # after dropping repeated timestamps
+        "files": gathered.files,  # listed under accepted/
+        "files_read": gathered.files_read,
+        "files_not_read": gathered.files_not_read,  # stored before the data window
+        "files_skipped": gathered.files_skipped,  # file -> why its readings were not used
+        "readings": sum(s.readings for s in gathered.sites),  # in the window, after dropping repeated timestamps
+        "resolution_minutes": {s.name: s.series.resolution_minutes for s in gathered.sites},
+        "flatlines_blanked": {s.name: s.blanked for s in gathered.sites if s.blanked},  # set to NaN
         "evaluated_on": [s.name for s in gathered.sites],
         "trained_on": trained_on,
         "left_out": left_out,  # site -> why it was not trained on (invalid data: not evaluated either)
     }
+    cap = {
+        "max_days": gathered.max_days,  # retrain_max_days: training days before the holdout, at most
+        "cut_at": None if gathered.window_start is None else iso(gathered.window_start),
+    }
     if not gathered.sites:
+        d.data_window = cap
         return np.datetime64(0, "s"), []
     start, end = holdout_window(gathered.sites, days)
     d.data_window = {
         "start": iso(min(s.series.start for s in gathered.sites)),
         "end": iso(max(s.series.end for s in gathered.sites)),
+        **cap,
     }
     d.holdout_window = {"start": iso(start), "end": iso(end - np.timedelta64(1, "s")), "days": days}
     train: list[Series] = []
@@ -335,18 +510,41 @@ def _plan(run: _Run, gathered: Gathered, days: int) -> tuple[np.datetime64, list
     return start, train
 
 
-def _decide(champion: reg.Champion | None, problem: str | None, c: Score, h: Score | None) -> tuple[bool, str]:
-    """The manual's rule: promote only if the challenger's MAPE is lower."""
+def _decide(champion: str, problem: str | None, c: Score, h: Score | None) -> tuple[bool, str]:
+    """The manual's rule: promote only if the challenger's MAPE is lower. ``champion``: what
+    serves now, in words (a set, or the bundled models)."""
     assert c.mape is not None
-    if champion is None:
-        return True, "no champion yet: the challenger becomes the first champion"
     if problem is not None:
-        return True, f"the champion set {champion.set_id} could not be loaded ({problem})"
+        return True, f"{champion} could not be loaded ({problem})"
     if h is None or h.mape is None:
-        return True, f"the champion set {champion.set_id} could not be scored on the holdout"
+        return True, f"{champion} could not be scored on the holdout"
     if c.mape < h.mape:
-        return True, f"challenger MAPE {c.mape:.3f}% < champion MAPE {h.mape:.3f}%"
-    return False, f"challenger MAPE {c.mape:.3f}% >= champion MAPE {h.mape:.3f}%: champion kept"
+        return True, f"challenger MAPE {c.mape:.3f}% < champion MAPE {h.mape:.3f}% ({champion})"
+    return False, f"challenger MAPE {c.mape:.3f}% >= champion MAPE {h.mape:.3f}% ({champion}): champion kept"
+
+
+def _load_champion(
+    settings: Settings, champion: reg.Champion | None, work: Path
+) -> tuple[ModelSet | None, str | None, dict[str, Any]]:
+    """What the API serves now, loaded: the champion set, or with no pointer the bundled
+    models. Returns the models (None when they cannot be loaded), the problem, and the
+    decision's champion record."""
+    if champion is not None:
+        record: dict[str, Any] = {"set_id": champion.set_id, "source": "registry"}
+        try:
+            return reg.load_set(settings, champion.set_id, work / "champion", settings.ort_threads), None, record
+        except (ModelIntegrityError, ModelNotFoundError) as exc:  # lost or damaged: not a transient failure
+            logger.error("the champion set could not be loaded", extra={"set_id": champion.set_id, "error": str(exc)})
+            return None, str(exc), record
+    record = {"set_id": None, "source": "bundled", "model_dir": str(settings.model_dir)}
+    bundled = ModelSet.load(settings.model_dir, threads=settings.ort_threads)
+    if not bundled.models:
+        problem = "; ".join(bundled.errors.values()) or f"no model in {settings.model_dir}"
+        logger.error("the bundled models could not be loaded", extra={"model_dir": str(settings.model_dir)})
+        return None, problem, record
+    if bundled.errors:  # scored as they serve: the fallback answers for a missing model
+        record["errors"] = dict(bundled.errors)
+    return bundled, None, record
 
 
 def retrain(
@@ -391,16 +589,9 @@ def retrain(
         challenger = ModelSet.load(work / "challenger", threads=settings.ort_threads)
         if challenger.errors:
             raise ModelIntegrityError(f"the challenger did not load: {'; '.join(challenger.errors.values())}")
-        champion_models: ModelSet | None = None
-        problem: str | None = None
-        if champion is not None:
-            try:
-                champion_models = reg.load_set(settings, champion.set_id, work / "champion", settings.ort_threads)
-            except (ModelIntegrityError, ModelNotFoundError) as exc:  # lost or damaged: not a transient failure
-                problem = str(exc)
-                logger.error(
-                    "the champion set could not be loaded", extra={"set_id": champion.set_id, "error": problem}
-                )
+        champion_models, problem, held = _load_champion(settings, champion, work)
+        d.champion = held
+        serving = f"the champion set {champion.set_id}" if champion else f"the bundled models ({settings.model_dir})"
 
         with run.phase("evaluate"):
             cpts = day_ahead_points(challenger, gathered.sites, holdout_start, days, calendar, flat)
@@ -418,16 +609,15 @@ def retrain(
             "training_window": metas["load_forecast"].training_window,
             "training_rows": metas["load_forecast"].metrics.get("training_rows"),
         }
-        if champion is not None:
-            d.champion = {"set_id": champion.set_id, **(asdict(h_score) if h_score else {})}
-            if problem:
-                d.champion["error"] = problem
+        held.update(asdict(h_score) if h_score else {})
+        if problem:
+            held["error"] = problem
         if c_score.mape is None:
             raise run.skip(
                 f"not enough data: no day of the last {days} could be forecast and scored (holdout {d.holdout_window})"
             )
 
-        promote, why = _decide(champion, problem, c_score, h_score)
+        promote, why = _decide(serving, problem, c_score, h_score)
         d.status, d.reason = ("promoted" if promote else "kept"), why
         if promote:
             with run.phase("promote"):

@@ -24,19 +24,25 @@ def ingestor(settings: Settings) -> Ingestor:
     return _ingestor[1]
 
 
-def meter_object(event: dict[str, Any]) -> MeterObject:
-    """The object an EventBridge S3 event names (its key URL-decoded, as S3 encodes it); the
-    event id identifies the attempt (Lambda's retries of the event carry the same id)."""
+def meter_object(event: dict[str, Any], owner: str | None = None) -> MeterObject:
+    """The object an EventBridge S3 event names (its key URL-decoded, as S3 encodes it).
+
+    ``owner`` owns the file's ingestion claim: the Lambda invocation's ``aws_request_id``.
+    Lambda keeps it across its own retries of one asynchronous invocation, so a retry takes
+    over its crashed predecessor's claim at once; a duplicate EventBridge delivery of the
+    same event (same event id) is a NEW invocation with a new request id, so it cannot take
+    over a claim that is still held and waits (``in_progress``). Without one (a direct call),
+    a fresh id: never the same as anyone else's."""
     if event.get("source") != "aws.s3" or event.get("detail-type") != "Object Created":
         raise ValueError(
             f"not an S3 'Object Created' event: source {event.get('source')!r}, "
             f"detail-type {event.get('detail-type')!r}"
         )
     s3 = S3EventBridgeNotificationEvent(event)
-    attempt = {"attempt": str(event["id"])} if event.get("id") else {}
+    who = {"owner": owner} if owner else {}
     try:
         obj = s3.detail.object
-        return MeterObject(s3.detail.bucket.name, obj.key, obj.etag or None, obj.size, **attempt)
+        return MeterObject(s3.detail.bucket.name, obj.key, obj.etag or None, obj.size, **who)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"the S3 event lacks detail.bucket.name or detail.object.key ({exc!r})") from exc
 
@@ -44,4 +50,5 @@ def meter_object(event: dict[str, Any]) -> MeterObject:
 @job(INGESTION)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     settings = get_settings()
-    return ingestor(settings).ingest(meter_object(event)).to_dict()
+    owner = getattr(context, "aws_request_id", None)
+    return ingestor(settings).ingest(meter_object(event, str(owner) if owner else None)).to_dict()

@@ -314,16 +314,18 @@ class DynamoStore:
 
     # -- once-only work of the jobs (a meter file's ingestion): markers in the idempotency table
     # under keys of their own prefix (``ingest#...``), claimed by one attempt at a time.
-    def claim_once(self, key: str, attempt: str, now: datetime, hold_s: float, keep_s: float) -> OnceClaim:
-        """Claim ``key`` for ``attempt`` (an event id: a retry of the same event carries it)
-        for ``hold_s`` seconds. ``completed``: done before; ``busy``: another attempt holds it
-        (it finishes it or, failing, its own retries do); ``claimed``: go ahead. A claim held
-        by the same attempt (its retry after a crash) or past its window is taken over."""
+    def claim_once(self, key: str, owner: str, now: datetime, hold_s: float, keep_s: float) -> OnceClaim:
+        """Claim ``key`` for ``owner`` (a Lambda invocation's request id, which Lambda keeps
+        across its own retries of that invocation; a fresh id per CLI run) for ``hold_s``
+        seconds. ``completed``: done before; ``busy``: another owner holds it and its window
+        has not passed (it finishes the work or, failing, its own retries do); ``claimed``: go
+        ahead. The same owner takes its claim over at once (its retry after a crash or a
+        timeout); a different owner only once the claim's window has expired."""
         until = now.timestamp() + hold_s
         item = IdempotencyItem(
             key,
             status="IN_PROGRESS",
-            request_digest=attempt,
+            request_digest=owner,  # the claim's owner
             prediction_ids=[],
             created_at=now,
             in_progress_until=until,
@@ -338,16 +340,16 @@ class DynamoStore:
         existing = IdempotencyItem.get(key, consistent_read=True)
         if existing.status == "COMPLETED":
             return OnceClaim("completed", 0.0)
-        if existing.request_digest != attempt and existing.in_progress_until > now.timestamp():
+        if existing.request_digest != owner and existing.in_progress_until > now.timestamp():
             return OnceClaim("busy", float(existing.in_progress_until))
         try:
             existing.update(
-                actions=[IdempotencyItem.in_progress_until.set(until), IdempotencyItem.request_digest.set(attempt)],
+                actions=[IdempotencyItem.in_progress_until.set(until), IdempotencyItem.request_digest.set(owner)],
                 condition=self._held(existing.in_progress_until),
             )
         except UpdateError as exc:
             if exc.cause_response_code == "ConditionalCheckFailedException":
-                return OnceClaim("busy", 0.0)  # another attempt took it over first
+                return OnceClaim("busy", 0.0)  # another owner took it over first
             raise
         return OnceClaim("claimed", until)
 

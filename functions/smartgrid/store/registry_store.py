@@ -9,7 +9,9 @@ naming the bucket and key. boto3 is imported on first use only (the API's cold s
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +27,7 @@ _MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 _CONDITION = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
 _local = threading.local()
+_CHUNK = 256 * 1024  # a body is read in chunks of this size when a deadline bounds the read
 
 
 @dataclass(frozen=True)
@@ -65,16 +68,36 @@ def _quick_s3(settings: Settings) -> Any:
     return cache[key]
 
 
-def get(settings: Settings, key: str, quick: bool = False) -> StoredObject | None:
-    """An object of the models bucket, or None when it (or the bucket) does not exist."""
+def get(settings: Settings, key: str, quick: bool = False, deadline: float | None = None) -> StoredObject | None:
+    """An object of the models bucket, or None when it (or the bucket) does not exist.
+    ``quick``: the client with short timeouts (inside an API request). ``deadline``: a
+    ``time.monotonic()`` by which the whole read must be done; past it, the body is no
+    longer read and ``DependencyUnavailableError`` says so (a slow S3 trickling bytes
+    within each socket timeout cannot hold the caller longer)."""
     s3 = _quick_s3(settings) if quick else _s3(settings)
+    where = f"s3://{settings.models_bucket}/{key}"
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DependencyUnavailableError(f"reading {where}: out of time before it started")
     try:
         resp = s3.get_object(Bucket=settings.models_bucket, Key=key)
-        return StoredObject(resp["Body"].read(), str(resp.get("ETag", "")))
+        body = resp["Body"]
+        if deadline is None:
+            data = body.read()
+        else:
+            chunks = []
+            for chunk in body.iter_chunks(_CHUNK):
+                chunks.append(chunk)
+                if time.monotonic() >= deadline:
+                    body.close()
+                    raise DependencyUnavailableError(f"reading {where}: out of time midway")
+            data = b"".join(chunks)
+        return StoredObject(data, str(resp.get("ETag", "")))
+    except DependencyUnavailableError:
+        raise
     except Exception as exc:
         if _code(exc) in _MISSING:
             return None
-        raise DependencyUnavailableError(f"reading s3://{settings.models_bucket}/{key} failed: {exc}") from exc
+        raise DependencyUnavailableError(f"reading {where} failed: {exc}") from exc
 
 
 def put(
@@ -146,8 +169,28 @@ def meter_objects(settings: Settings, prefix: str) -> list[MeterObject]:
 
 
 def read_meter(settings: Settings, key: str) -> bytes:
+    return _read_meter(_s3(settings), settings, key)
+
+
+def _read_meter(s3: Any, settings: Settings, key: str) -> bytes:
     try:
-        body: bytes = _s3(settings).get_object(Bucket=settings.meter_data_bucket, Key=key)["Body"].read()
+        body: bytes = s3.get_object(Bucket=settings.meter_data_bucket, Key=key)["Body"].read()
     except Exception as exc:
         raise DependencyUnavailableError(f"reading s3://{settings.meter_data_bucket}/{key} failed: {exc}") from exc
     return body
+
+
+def read_meter_many[T](
+    settings: Settings, keys: list[str], parse: Callable[[str, bytes], T], workers: int = 8
+) -> list[T]:
+    """``parse(key, body)`` of each object of the meter-data bucket, in the order of ``keys``,
+    read by ``workers`` threads sharing one client (boto3 clients are thread-safe; its
+    connection pool holds 10). A failed read raises ``DependencyUnavailableError`` (after
+    the reads in flight finish)."""
+    if not keys:
+        return []
+    s3 = _s3(settings)
+    if len(keys) == 1 or workers <= 1:
+        return [parse(k, _read_meter(s3, settings, k)) for k in keys]
+    with ThreadPoolExecutor(max_workers=min(workers, len(keys)), thread_name_prefix="meter-read") as pool:
+        return list(pool.map(lambda k: parse(k, _read_meter(s3, settings, k)), keys))
