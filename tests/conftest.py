@@ -4,7 +4,10 @@ import gzip
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -150,3 +153,65 @@ def built_layers(tmp_path_factory) -> tuple[Path, dict]:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out_dir, json.loads(out.stdout)
+
+
+# ------------------------------------------------------------------ jobs
+@dataclass
+class Stack:
+    """The local stack as the CDK app makes it (tables, buckets), with the L1 operations
+    topic's messages arriving in an SQS queue (moto's alarm actions do not publish, but
+    sns.publish to a topic with an SQS subscription delivers)."""
+
+    settings: Any
+    queue: str
+
+    @property
+    def bucket(self) -> str:
+        return str(self.settings.meter_data_bucket)
+
+
+@pytest.fixture
+def stack_with_inbox(aws, monkeypatch) -> Iterator[Stack]:
+    import boto3
+
+    from smartgrid.config import get_settings
+    from smartgrid.store.aws import reset_clients
+    from smartgrid.store.provision import provision
+
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    topic = sns.create_topic(Name="smartgrid-l1")["TopicArn"]
+    queue = sqs.create_queue(QueueName="ops-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    monkeypatch.setenv("SMARTGRID_ALERT_TOPICS", json.dumps({"L1": topic}))
+    get_settings.cache_clear()
+    reset_clients()
+    provision(get_settings())
+    yield Stack(get_settings(), queue)
+    get_settings.cache_clear()
+    reset_clients()
+
+
+@pytest.fixture
+def registry_settings(aws, tmp_path, monkeypatch):
+    """The provisioned stack for the model registry: API containers check the champion pointer
+    on every request, downloaded sets go to tmp_path, and every registry action happens one
+    second after the previous one (distinct set ids and decision keys)."""
+    from datetime import UTC, datetime, timedelta
+
+    from smartgrid import model_registry as reg
+    from smartgrid.config import get_settings
+    from smartgrid.store.aws import reset_clients
+    from smartgrid.store.provision import provision
+
+    monkeypatch.setenv("SMARTGRID_MODEL_REFRESH_S", "0")
+    monkeypatch.setenv("SMARTGRID_MODEL_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    reset_clients()
+    s = get_settings()
+    provision(s)
+    clock = iter(datetime(2026, 12, 1, tzinfo=UTC) + timedelta(seconds=i) for i in range(10_000))
+    monkeypatch.setattr(reg, "utcnow", lambda: next(clock))
+    yield s
+    get_settings.cache_clear()
+    reset_clients()

@@ -7,7 +7,6 @@ import gzip
 import io
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
@@ -17,49 +16,25 @@ import pytest
 from typer.testing import CliRunner
 
 from smartgrid.cli import app
-from smartgrid.config import Settings, get_settings
 from smartgrid.data import Series, iso_all
 from smartgrid.ingestion import CLAIM_HOLD_S, readings_csv
 from smartgrid.observability import logger
 from smartgrid.service import SeriesInput
 from smartgrid.store.tables import ActualsItem, IdempotencyItem
 from tests.apigw import LambdaContext
+from tests.conftest import Stack
 from tests.emf import value, values
 
 H = 24  # hourly gefcom: steps a day
 FORECAST_DAY = 139  # 2006-05-20, the day the test predictions forecast
 
 
-@dataclass
-class Env:
-    settings: Settings
-    queue: str
-
-    @property
-    def bucket(self) -> str:
-        return self.settings.meter_data_bucket
+Env = Stack
 
 
 @pytest.fixture
-def env(aws, monkeypatch) -> Iterator[Env]:
-    """The meter-data bucket, the L1 topic with an SQS queue subscribed, Settings pointing at them."""
-    import boto3
-
-    from smartgrid.store.aws import reset_clients
-
-    s3, sns, sqs = boto3.client("s3"), boto3.client("sns"), boto3.client("sqs")
-    topic = sns.create_topic(Name="smartgrid-l1")["TopicArn"]
-    queue = sqs.create_queue(QueueName="ops-inbox")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-    monkeypatch.setenv("SMARTGRID_ALERT_TOPICS", json.dumps({"L1": topic}))
-    get_settings.cache_clear()
-    reset_clients()
-    settings = get_settings()
-    s3.create_bucket(Bucket=settings.meter_data_bucket)
-    yield Env(settings, queue)
-    get_settings.cache_clear()
-    reset_clients()
+def env(stack_with_inbox) -> Env:
+    return stack_with_inbox  # tests/conftest.py
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 
 from smartgrid import model_registry as reg
 from smartgrid.cli import app as cli_app
-from smartgrid.config import BUNDLED_MODEL_DIR, Settings, get_settings
+from smartgrid.config import BUNDLED_MODEL_DIR, Settings
 from smartgrid.errors import ConflictError, DependencyUnavailableError, ModelIntegrityError, NotFoundError
 from smartgrid.registry import BASELINE_FORECAST, MODEL_NAMES, ModelMetadata, read_model_bytes, save_model
 from smartgrid.store import registry_store
@@ -26,20 +25,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def settings(aws, tmp_path, monkeypatch) -> Settings:
-    """moto with the models and meter-data buckets; the API checks the pointer on every request."""
-    monkeypatch.setenv("SMARTGRID_MODEL_REFRESH_S", "0")
-    monkeypatch.setenv("SMARTGRID_MODEL_CACHE_DIR", str(tmp_path / "cache"))
-    get_settings.cache_clear()
-    s = get_settings()
-    s3 = boto3.client("s3", region_name=s.aws_region)
-    for bucket in (s.models_bucket, s.meter_data_bucket):
-        s3.create_bucket(Bucket=bucket)
-    # distinct set ids: every registry action one second after the previous one
-    clock = iter(datetime(2026, 12, 1, tzinfo=UTC) + timedelta(seconds=i) for i in range(10_000))
-    monkeypatch.setattr(reg, "utcnow", lambda: next(clock))
-    yield s
-    get_settings.cache_clear()
+def settings(registry_settings) -> Settings:
+    return registry_settings  # tests/conftest.py
 
 
 def variant(tmp_path: Path, tag: str) -> Path:

@@ -10,7 +10,7 @@ import io
 import json
 import shutil
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -84,17 +84,8 @@ def trained_dirs(tmp_path_factory, gefcom: Series, calendar: HolidayCalendar) ->
 
 
 @pytest.fixture
-def settings(aws, tmp_path, monkeypatch) -> Settings:
-    monkeypatch.setenv("SMARTGRID_MODEL_CACHE_DIR", str(tmp_path / "cache"))
-    get_settings.cache_clear()
-    s = get_settings()
-    s3 = boto3.client("s3", region_name=s.aws_region)
-    for bucket in (s.models_bucket, s.meter_data_bucket):
-        s3.create_bucket(Bucket=bucket)
-    clock = iter(datetime(2026, 12, 1, tzinfo=UTC) + timedelta(seconds=i) for i in range(10_000))
-    monkeypatch.setattr(reg, "utcnow", lambda: next(clock))
-    yield s
-    get_settings.cache_clear()
+def settings(registry_settings) -> Settings:
+    return registry_settings  # tests/conftest.py
 
 
 def fake_training(monkeypatch, source: Path) -> None:

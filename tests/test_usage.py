@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,11 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from smartgrid.cli import app
-from smartgrid.config import Settings, get_settings
+from smartgrid.config import get_settings
 from smartgrid.observability import logger
 from smartgrid.service import PredictionRecord, new_prediction_id
 from smartgrid.usage import Month, month_of_event, report
 from tests.apigw import LambdaContext
+from tests.conftest import Stack
 from tests.emf import value
 
 SCHEDULER_EVENT = {  # what EventBridge Scheduler sends on 1 December 2026, 06:00 UTC
@@ -37,29 +36,12 @@ NOV = Month(2026, 11)
 MS = timedelta(milliseconds=1)
 
 
-@dataclass
-class Env:
-    settings: Settings
-    queue: str
+Env = Stack
 
 
 @pytest.fixture
-def env(aws, monkeypatch) -> Iterator[Env]:
-    import boto3
-
-    from smartgrid.store.aws import reset_clients
-
-    sns, sqs = boto3.client("sns"), boto3.client("sqs")
-    topic = sns.create_topic(Name="smartgrid-l1")["TopicArn"]
-    queue = sqs.create_queue(QueueName="ops-inbox")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-    monkeypatch.setenv("SMARTGRID_ALERT_TOPICS", json.dumps({"L1": topic}))
-    get_settings.cache_clear()
-    reset_clients()
-    yield Env(get_settings(), queue)
-    get_settings.cache_clear()
-    reset_clients()
+def env(stack_with_inbox) -> Env:
+    return stack_with_inbox  # tests/conftest.py
 
 
 def _record(user: str, when: datetime) -> PredictionRecord:
