@@ -81,7 +81,12 @@ RETRAINING = FunctionSpec(
 HEALTH_PROBE = FunctionSpec("health_probe", "smartgrid.jobs.probe.handler", 256, 20, "Probes the API's /health")
 USAGE_REPORT = FunctionSpec("usage_report", "smartgrid.jobs.usage.handler", 512, 300, "Monthly usage report")
 INGESTION = FunctionSpec("ingestion", "smartgrid.jobs.ingestion.handler", 1769, 300, "Meter data arriving in S3")
-FUNCTIONS: tuple[FunctionSpec, ...] = (API, BACKUP, RETRAINING, HEALTH_PROBE, USAGE_REPORT, INGESTION)
+# Alarm state changes (SNS, from the alarm topic) become incident notifications to the people
+# of the alarm's escalation level (issue 7).
+NOTIFIER = FunctionSpec(
+    "notifier", "smartgrid.jobs.notifier.handler", 512, 60, "Alarm state changes to incident notices"
+)
+FUNCTIONS: tuple[FunctionSpec, ...] = (API, BACKUP, RETRAINING, HEALTH_PROBE, USAGE_REPORT, INGESTION, NOTIFIER)
 JOBS: tuple[FunctionSpec, ...] = (BACKUP, RETRAINING, HEALTH_PROBE, USAGE_REPORT, INGESTION)
 
 
@@ -187,6 +192,9 @@ class Alert:
     missing_data: str = "notBreaching"  # breaching | notBreaching | ignore | missing
     unit: str = ""  # of the threshold, for people (ms, %)
     job: FunctionSpec | None = None  # the job whose reports this alarm watches
+    # Straight to the level's topic (raw CloudWatch JSON), not through the notifier: for the
+    # alarm on the notifier's own failures.
+    direct: bool = False
     mapping: str = ""  # for rows with no Lambda meaning: what we watch instead, and why
 
 
@@ -433,6 +441,20 @@ ALERTS: tuple[Alert, ...] = (
         1,
         1,
         Level.L2,
+    ),
+    Alert(
+        "notification-dead-letters",
+        Severity.CRITICAL,
+        "serverless",
+        "an alarm notification could not be delivered after retries and waits in the notifier's dead-letter queue",
+        MetricRef("ApproximateNumberOfMessagesVisible", "Maximum", "AWS/SQS", {"QueueName": "<notifier_dlq>"}),
+        ">",
+        0,
+        60,
+        1,
+        1,
+        Level.L2,
+        direct=True,
     ),
     Alert(
         "forecast-error-high",

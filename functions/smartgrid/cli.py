@@ -374,7 +374,7 @@ def serve(
 
 # The jobs' and operators' commands (issue 5) live in their own modules and register on
 # ``app`` (and its sub-apps) when imported here.
-from . import cli_backup, cli_jobs, cli_models, cli_ops  # noqa: E402, F401
+from . import cli_backup, cli_incidents, cli_jobs, cli_models, cli_ops  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     app()

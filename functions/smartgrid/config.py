@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     alert_topics: dict[str, str] = Field(default_factory=dict)  # escalation level (L1..L3) -> topic ARN
     api_url: str | None = None  # the deployed API's base URL (the health probe calls its /health)
 
+    # --- Incident notifications (issue 7)
+    incidents_table: str = "smartgrid-incidents"
+    chat_webhook_parameter: str | None = None  # SSM parameter (SecureString) holding a chat webhook URL
+    runbook_url: str = "docs/runbook.md"  # where the runbook is read; notices link to `<runbook_url>#<alarm id>`
+    service_display_name: str = "SmartGrid API"  # the manual's SERVICE field
+
     # --- Jobs (issue 5). Key prefixes inside the buckets:
     # models bucket: model sets under ``models/<set id>/`` and the champion pointer and
     # retraining decisions under ``registry/``; backups bucket: ``backups/<backup id>/``;

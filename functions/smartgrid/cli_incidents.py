@@ -1,0 +1,3 @@
+"""`smartgrid incidents list` (issue 7)."""
+
+from __future__ import annotations
