@@ -48,6 +48,10 @@ class DeploySettings(BaseModel):
     # SnapStart: the API's initialised container (models loaded) is restored from a snapshot.
     snap_start: bool = True
     layers_dir: Path = ROOT / "build" / "layers"
+    # Incident notices link to `<runbookUrl>#<alarm id>` (e.g. the repository's docs/runbook.md
+    # on your Git host); an SSM parameter (SecureString) may hold a chat webhook URL.
+    runbook_url: str = "docs/runbook.md"
+    chat_webhook_parameter: str | None = Field(default=None, pattern=r"^/?[A-Za-z0-9_.\-/]+$")
 
     @field_validator("alert_emails", "api_clients", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from .constructs.api import STAGE, Api
 from .constructs.data import Data
 from .constructs.jobs import Jobs
 from .constructs.monitoring import Alarms, Dashboard, Topics
+from .constructs.notifications import Notifications
 from .constructs.runtime import Runtime
 from .settings import DeploySettings
 
@@ -36,15 +37,30 @@ class SmartgridStack(cdk.Stack):
             topics=dict(self.topics.topics),
             api_url=self.api.rest_api.url,
         )
+        self.notifications = Notifications(
+            self,
+            "Notifications",
+            settings=settings,
+            runtime=self.runtime,
+            data=self.data,
+            alarm_topic=self.topics.alarm_topic,
+            topics=dict(self.topics.topics),
+        )
         placeholders = {
             "<api>": settings.prefix,
             "<stage>": STAGE,
             "<api_function>": self.api.function.function_name,
             "<dlq>": self.runtime.dead_letters.queue_name,
+            "<notifier_dlq>": self.notifications.dead_letters.queue_name,
             **{f"<{job.name}_function>": self.jobs.functions[job.name].function_name for job in JOBS},
         }
         self.alarms = Alarms(
-            self, "Alarms", settings=settings, topics=dict(self.topics.topics), placeholders=placeholders
+            self,
+            "Alarms",
+            settings=settings,
+            topics=dict(self.topics.topics),
+            alarm_topic=self.topics.alarm_topic,
+            placeholders=placeholders,
         )
         self.dashboard = Dashboard(self, "Dashboard", settings=settings, alarms=self.alarms)
 

@@ -99,6 +99,16 @@ def topic_for(template: dict[str, Any], level: str) -> str:
     )
 
 
+def jobs_dlq(template: dict[str, Any]) -> str:
+    return next(k for k in resources(template, "AWS::SQS::Queue") if k.startswith("RuntimeJobsDeadLetters"))
+
+
+def alarm_topic(template: dict[str, Any]) -> str:
+    return next(
+        k for k, v in resources(template, "AWS::SNS::Topic").items() if v["Properties"]["TopicName"].endswith("-alarms")
+    )
+
+
 def function_id(template: dict[str, Any], spec: catalog.FunctionSpec) -> str:
     return logical_id(template, "AWS::Lambda::Function", Description=spec.description)
 
@@ -145,6 +155,9 @@ def test_cdk_cli_synth_offline_with_nag_and_cfn_lint_clean(built_layers, tmp_pat
         assert finding["acknowledgedAt"].startswith("Smartgrid-dev")
     templates = sorted(out_dir.glob("*.template.json"))
     assert templates
+    # the shared code asset carries the runbook as a file (the package's symlink followed)
+    (runbook,) = [p for p in out_dir.glob("asset.*/smartgrid/runbook.md")]
+    assert not runbook.is_symlink() and runbook.read_text() == (ROOT / "docs" / "runbook.md").read_text()
     lint = subprocess.run(
         [str(Path(sys.executable).parent / "cfn-lint"), *map(str, templates)],
         cwd=ROOT,
@@ -183,7 +196,8 @@ def test_each_alert_row_is_one_alarm_with_its_metric_threshold_window_and_level(
     assert alarm["Threshold"] == pytest.approx(threshold)
     assert alarm["EvaluationPeriods"] == alert.evaluation_periods
     assert alarm["DatapointsToAlarm"] == alert.datapoints_to_alarm
-    topic = {"Ref": topic_for(template, alert.level.value)}
+    # through the notifier (which routes by the alert's level), or straight to the level's people
+    topic = {"Ref": topic_for(template, alert.level.value) if alert.direct else alarm_topic(template)}
     assert alarm["AlarmActions"] == [topic] and alarm["OKActions"] == [topic]
     assert alarm["TreatMissingData"] == alert.missing_data
     refs = alert.metric if isinstance(alert.metric, tuple) else (alert.metric,)
@@ -219,7 +233,8 @@ def test_the_manuals_alert_table_row_by_row(template, alert_id):
     assert alarm["Threshold"] == pytest.approx(threshold)
     assert alarm["Period"] == period
     assert alarm["EvaluationPeriods"] == evaluations
-    assert alarm["AlarmActions"] == [{"Ref": topic_for(template, level)}]
+    assert alarm["AlarmActions"] == [{"Ref": alarm_topic(template)}]  # the notifier routes it to:
+    assert next(a for a in ALERTS if a.id == alert_id).level.value == level
 
 
 def test_api_alarms_watch_the_deployed_api_and_function(template):
@@ -230,7 +245,7 @@ def test_api_alarms_watch_the_deployed_api_and_function(template):
     api_fn = function_id(template, catalog.API)
     (dim,) = alarms["smartgrid-dev-capacity-exhausted"]["Dimensions"]
     assert dim == {"Name": "FunctionName", "Value": {"Ref": api_fn}}
-    queue = next(iter(resources(template, "AWS::SQS::Queue")))
+    queue = jobs_dlq(template)
     (dim,) = alarms["smartgrid-dev-dead-letters"]["Dimensions"]
     assert dim["Value"] == {"Fn::GetAtt": [queue, "QueueName"]}
 
@@ -245,10 +260,14 @@ def test_concurrency_alarms_follow_the_reserved_concurrency_setting(prod_templat
 
 def test_topics_per_escalation_level_encrypted_with_subscriptions(template, prod_template):
     topics = props(template, "AWS::SNS::Topic")
-    assert sorted(t["TopicName"].split("-")[2] for t in topics) == ["l1", "l2", "l3"]
+    assert sorted(t["TopicName"].split("-")[2] for t in topics) == ["alarms", "l1", "l2", "l3"]
     assert all("KmsMasterKeyId" in t for t in topics)
-    assert props(template, "AWS::SNS::Subscription") == []  # none asked for in dev
-    subs = props(prod_template, "AWS::SNS::Subscription")
+    # in dev no email was asked for: the one subscription is the notifier's, to the alarm topic
+    notifier = function_id(template, catalog.NOTIFIER)
+    (sub,) = props(template, "AWS::SNS::Subscription")
+    assert sub["Protocol"] == "lambda" and sub["Endpoint"] == {"Fn::GetAtt": [notifier, "Arn"]}
+    assert sub["TopicArn"] == {"Ref": alarm_topic(template)}
+    subs = [s for s in props(prod_template, "AWS::SNS::Subscription") if s["Protocol"] == "email"]
     by_endpoint = {s["Endpoint"]: s["TopicArn"]["Ref"] for s in subs}
     assert by_endpoint == {
         "oncall@example.com": topic_for(prod_template, "L3"),
@@ -260,7 +279,7 @@ def test_topics_per_escalation_level_encrypted_with_subscriptions(template, prod
         assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"} and allow["Action"] == "sns:Publish"
         assert "smartgrid-dev-*" in json.dumps(allow["Condition"]["ArnLike"]["aws:SourceArn"])
         assert any(st["Effect"] == "Deny" and "aws:SecureTransport" in json.dumps(st) for st in statements)
-    assert len(props(template, "AWS::SNS::TopicPolicy")) == 3
+    assert len(props(template, "AWS::SNS::TopicPolicy")) == 4
     key = props(template, "AWS::KMS::Key")[0]
     assert key["EnableKeyRotation"] is True
     principals = [s["Principal"] for s in key["KeyPolicy"]["Statement"]]
@@ -299,7 +318,7 @@ def test_schedules_are_the_manuals_in_utc_with_retries_and_dead_letters(template
         catalog.USAGE_REPORT: "cron(0 6 1 * ? *)",
     }
     assert {s.job: s.expression for s in SCHEDULES} == expected
-    queue = next(iter(resources(template, "AWS::SQS::Queue")))
+    queue = jobs_dlq(template)
     for spec, expression in expected.items():
         fn = function_id(template, spec)
         (schedule,) = [s for s in schedules if s["Target"]["Arn"] == {"Fn::GetAtt": [fn, "Arn"]}]
@@ -330,9 +349,9 @@ def test_meter_data_arrival_starts_ingestion_through_eventbridge(template):
 
 def test_async_jobs_keep_failed_events_in_the_dead_letter_queue(template):
     configs = props(template, "AWS::Lambda::EventInvokeConfig")
-    assert len(configs) == len(catalog.JOBS)
+    assert len(configs) == len(catalog.JOBS) + 1  # and the notifier
     assert all(c["MaximumRetryAttempts"] == 2 for c in configs)
-    queue = next(iter(resources(template, "AWS::SQS::Queue")))
+    queue = jobs_dlq(template)
     for spec in catalog.JOBS:
         fn = template["Resources"][function_id(template, spec)]["Properties"]
         assert fn["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": [queue, "Arn"]}}
@@ -416,7 +435,10 @@ def test_each_role_has_only_what_its_code_calls(template):
     def actions(spec: catalog.FunctionSpec) -> set[str]:
         return {a for st in _statements(template, function_id(template, spec)) for a in _as_list(st["Action"])}
 
-    tables = {shape.setting: logical_id_of_table(template, shape) for shape in table_shapes()}
+    api_tables = ("predictions_table", "actuals_table", "cache_table", "idempotency_table")
+    tables = {
+        shape.setting: logical_id_of_table(template, shape) for shape in table_shapes() if shape.setting in api_tables
+    }
     api_statements = _statements(template, function_id(template, catalog.API))
     dynamo = next(st for st in api_statements if any(a.startswith("dynamodb:") for a in _as_list(st["Action"])))
     assert sorted(r["Fn::GetAtt"][0] for r in dynamo["Resource"]) == sorted(tables.values())
@@ -605,3 +627,27 @@ def test_outputs_name_what_ops_check_reads(template):
         assert out["Value"]["Ref"] in template["Resources"]
     assert outputs[catalog.ALARM_PREFIX_OUTPUT]["Value"] == "smartgrid-dev"
     assert "execute-api" in json.dumps(outputs[catalog.API_URL_OUTPUT]["Value"])
+
+
+def test_the_notifier_delivers_to_the_levels_and_fails_into_its_own_queue(template):
+    fn = template["Resources"][function_id(template, catalog.NOTIFIER)]["Properties"]
+    queues = resources(template, "AWS::SQS::Queue")
+    (own,) = [k for k in queues if k.startswith("Notifications")]
+    assert fn["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": [own, "Arn"]}}
+    levels = json.dumps(fn["Environment"]["Variables"][env_var("alert_topics")])
+    assert all(topic_for(template, level) in levels for level in ("L1", "L2", "L3"))
+    statements = _statements(template, function_id(template, catalog.NOTIFIER))
+    published = [st for st in statements if "sns:Publish" in _as_list(st["Action"])]
+    refs = sorted(r["Ref"] for st in published for r in _as_list(st["Resource"]))
+    assert refs == sorted(topic_for(template, lv) for lv in ("L1", "L2", "L3"))
+    incidents = next(k for k in resources(template, "AWS::DynamoDB::Table") if k.startswith("DataIncidents"))
+    assert any(
+        "dynamodb:UpdateItem" in _as_list(st["Action"])
+        and _as_list(st["Resource"]) == [{"Fn::GetAtt": [incidents, "Arn"]}]
+        for st in statements
+    )
+    # the alarm on the notifier's own failures bypasses it
+    alarms = {p["AlarmName"]: p for p in props(template, "AWS::CloudWatch::Alarm")}
+    dlq = alarms["smartgrid-dev-notification-dead-letters"]
+    assert dlq["AlarmActions"] == [{"Ref": topic_for(template, "L2")}]
+    assert dlq["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [own, "QueueName"]}}]

@@ -86,6 +86,39 @@ def test_a_healthy_stack_is_all_ok(stack, api):
     assert "verified" in lines["backup"].detail and "5.0 h ago" in lines["backup"].detail
     assert "kept 3 days ago (champion MAPE 2.50%, challenger MAPE 3.10%)" in lines["retraining"].detail
     assert "champion" in lines["models"].detail and "first deploy" in lines["models"].detail
+    assert lines["incidents"].ok and lines["incidents"].detail == "none open"
+
+
+def test_an_open_incident_is_not_ok(stack, api):
+    from smartgrid import incidents
+
+    alarm = {
+        "AlarmName": "smartgrid-test-api-down",
+        "AlarmDescription": "[CRITICAL] the health probe could not get 200 from /health",
+        "NewStateValue": "ALARM",
+        "OldStateValue": "OK",
+        "NewStateReason": "Threshold Crossed: 2 out of the last 2 datapoints were less than the threshold (1.0).",
+        "StateChangeTime": (NOW - timedelta(minutes=7)).strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
+        "Region": "US East (N. Virginia)",
+        "AWSAccountId": "123456789012",
+        "Trigger": {
+            "MetricName": "api_availability",
+            "Namespace": "Smartgrid",
+            "Statistic": "MAXIMUM",
+            "Dimensions": [{"name": "service", "value": "smartgrid"}, {"name": "job", "value": "health_probe"}],
+            "Period": 60,
+            "EvaluationPeriods": 2,
+            "ComparisonOperator": "LessThanThreshold",
+            "Threshold": 1.0,
+            "TreatMissingData": "breaching",
+        },
+    }
+    topic = client("sns", stack).create_topic(Name="l3")["TopicArn"]  # the notice goes to L3
+    settings = stack.model_copy(update={"alert_topics": {"L1": topic, "L2": topic, "L3": topic}})
+    assert incidents.process(incidents.parse_alarm(alarm), settings, owner="test") == "opened"
+    lines = _by_name(ops.run(ops.Target(settings, api[0], "smartgrid-test"), now=NOW))
+    assert not lines["incidents"].ok
+    assert "INC-" in lines["incidents"].detail and "CRITICAL api-down since 0.1 h ago" in lines["incidents"].detail
 
 
 def test_an_overdue_backup_a_damaged_one_and_no_retraining_are_not_ok(stack, api):

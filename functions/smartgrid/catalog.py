@@ -41,6 +41,10 @@ JOB_FAILED_TOTAL = "job_failed_total"
 API_AVAILABILITY = "api_availability"  # 1 when /health answered 200 within the timeout, else 0
 API_PROBE_LATENCY_SECONDS = "api_probe_latency_seconds"
 METER_FILES_REJECTED_TOTAL = "meter_files_rejected_total"  # meter-data files moved to rejected/ (bad data)
+# Incidents (the notifier): opened, resolved, and ALARM notifications of an already open incident.
+INCIDENTS_OPENED_TOTAL = "incidents_opened_total"
+INCIDENTS_RESOLVED_TOTAL = "incidents_resolved_total"
+NOTIFICATION_DUPLICATES_TOTAL = "notification_duplicates_total"
 
 # The dimensions every runtime metric carries (Powertools adds ``service``); jobs add ``job``.
 SERVICE_DIMENSIONS: dict[str, str] = {"service": SERVICE}
@@ -504,7 +508,8 @@ def alert_table_markdown() -> str:
         who = ESCALATION[a.level]
         lines.append(
             f"| `{a.id}` | {a.severity} | {a.manual.split(' | ')[0] if a.manual != 'serverless' else '(serverless)'} "
-            f"| {_metric_text(a.metric)} | {a.comparison} {threshold} | {_window(a)} | {a.level} {who.who} |"
+            f"| {_metric_text(a.metric)} | {a.comparison} {threshold} | {_window(a)} | {a.level} {who.who}"
+            f"{' (raw alarm, not through the notifier)' if a.direct else ''} |"
         )
         if a.mapping:
             notes.append(f"- `{a.id}`: {a.mapping}")
@@ -520,6 +525,7 @@ OPS_SETTINGS = (
     "actuals_table",
     "cache_table",
     "idempotency_table",
+    "incidents_table",
     "models_bucket",
     "backups_bucket",
     "meter_data_bucket",

@@ -2,7 +2,8 @@
 
 Each check gives one line, ok or not, with what it saw: the API's /health, every table
 (active, point-in-time recovery on), every bucket, the champion model set and its age, the
-last backup and whether it verified, the last retraining decision, and the alarms in ALARM.
+last backup and whether it verified, the last retraining decision, the open incidents, and
+the alarms in ALARM.
 Anything not ok makes the command exit non-zero."""
 
 from __future__ import annotations
@@ -143,6 +144,24 @@ def check_retraining(settings: Settings, now: datetime) -> Check:
     return Check("retraining", False, "no retraining decision yet (the first round runs on the 1st, 00:00 UTC)")
 
 
+def check_incidents(settings: Settings, now: datetime) -> Check:
+    """Incidents the notifier opened and no OK has resolved yet."""
+    from .incidents import open_incidents
+
+    incidents = open_incidents(settings)
+    if not incidents:
+        return Check("incidents", True, "none open")
+    return Check(
+        "incidents",
+        False,
+        "open: "
+        + "; ".join(
+            f"{i.incident_id} {i.severity} {i.alert_id or i.alarm_name} since {_age(i.detected_at, now)}"
+            for i in incidents
+        ),
+    )
+
+
 def check_alarms(prefix: str | None, settings: Settings) -> Check:
     if not prefix:
         return Check("alarms", False, "no alarm name prefix (pass --alarm-prefix or --stack)")
@@ -161,6 +180,7 @@ def run(target: Target, now: datetime) -> list[Check]:
         ("models", partial(check_models, s, now)),
         ("backup", partial(check_backup, s, now)),
         ("retraining", partial(check_retraining, s, now)),
+        ("incidents", partial(check_incidents, s, now)),
     ]
     checks.append(("alarms", lambda: check_alarms(target.alarm_prefix, s)))
     return [_guard(name, fn) for name, fn in checks]

@@ -50,7 +50,8 @@ class Api(Construct):
             environment={env_var("auth_mode"): "api_gateway"},
         )
         self.function = fn
-        table_actions(fn, list(data.tables.values()), TABLE_READ + TABLE_WRITE)
+        api_tables = ("predictions_table", "actuals_table", "cache_table", "idempotency_table")
+        table_actions(fn, [data.tables[t] for t in api_tables], TABLE_READ + TABLE_WRITE)
         bucket_actions(fn, data.models, ["s3:GetObject"])  # the champion model set, picked up live
         # Requests go to the published alias: SnapStart restores published versions only.
         self.alias = lambda_.Alias(self, "Live", alias_name="live", version=fn.current_version)

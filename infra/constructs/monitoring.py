@@ -77,33 +77,40 @@ class Topics(Construct):
         )
         self.topics: dict[Level, sns.Topic] = {}
         for level, esc in ESCALATION.items():
-            topic = sns.Topic(
-                self,
+            topic = self._topic(
+                settings,
                 level.value,
-                topic_name=f"{settings.prefix}-{level.value.lower()}-{esc.who.split()[0].lower()}",
-                display_name=f"smartgrid {level.value} {esc.name}: {esc.who}",
-                master_key=self.key,
-                enforce_ssl=True,
-            )
-            # A topic policy replaces SNS's default one: CloudWatch must be allowed to publish,
-            # and only this account's alarms of this deployment.
-            topic.add_to_resource_policy(
-                iam.PolicyStatement(
-                    principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
-                    actions=["sns:Publish"],
-                    resources=[topic.topic_arn],
-                    conditions={
-                        "ArnLike": {
-                            "aws:SourceArn": f"arn:{cdk.Aws.PARTITION}:cloudwatch:{cdk.Aws.REGION}:"
-                            f"{cdk.Aws.ACCOUNT_ID}:alarm:{settings.prefix}-*"
-                        }
-                    },
-                )
+                name=f"{settings.prefix}-{level.value.lower()}-{esc.who.split()[0].lower()}",
+                display=f"smartgrid {level.value} {esc.name}: {esc.who}",
             )
             for address in settings.contacts(level):
                 topic.add_subscription(subscriptions.EmailSubscription(address))
             self.topics[level] = topic
             cdk.CfnOutput(self, f"Topic{level.value}", value=topic.topic_arn, description=f"{esc.who} ({level})")
+        # Where the alarms publish: the notifier turns each state change into an incident
+        # notice for the people of the alarm's level (raw alarm JSON reaches no person).
+        self.alarm_topic = self._topic(
+            settings, "AlarmStateChanges", name=f"{settings.prefix}-alarms", display="smartgrid alarm state changes"
+        )
+
+    def _topic(self, settings: DeploySettings, id: str, *, name: str, display: str) -> sns.Topic:
+        topic = sns.Topic(self, id, topic_name=name, display_name=display, master_key=self.key, enforce_ssl=True)
+        # A topic policy replaces SNS's default one: CloudWatch must be allowed to publish,
+        # and only this account's alarms of this deployment.
+        topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[topic.topic_arn],
+                conditions={
+                    "ArnLike": {
+                        "aws:SourceArn": f"arn:{cdk.Aws.PARTITION}:cloudwatch:{cdk.Aws.REGION}:"
+                        f"{cdk.Aws.ACCOUNT_ID}:alarm:{settings.prefix}-*"
+                    }
+                },
+            )
+        )
+        return topic
 
 
 class Alarms(Construct):
@@ -116,6 +123,7 @@ class Alarms(Construct):
         *,
         settings: DeploySettings,
         topics: dict[Level, sns.ITopic],
+        alarm_topic: sns.ITopic,
         placeholders: dict[str, str],
     ) -> None:
         super().__init__(scope, id)
@@ -141,9 +149,11 @@ class Alarms(Construct):
                 datapoints_to_alarm=alert.datapoints_to_alarm,
                 treat_missing_data=MISSING[alert.missing_data],
             )
-            action = cw_actions.SnsAction(topics[alert.level])
+            # Through the notifier (incident notices to the level's people), or, for the alarm on
+            # the notifier's own failures, straight to the level's topic.
+            action = cw_actions.SnsAction(topics[alert.level] if alert.direct else alarm_topic)
             alarm.add_alarm_action(action)
-            alarm.add_ok_action(action)  # the resolution reaches the same people
+            alarm.add_ok_action(action)  # the resolution closes the incident
             self.alarms[alert.id] = alarm
 
     def metric(self, ref: MetricRef, period_s: int) -> cw.Metric:

@@ -26,7 +26,15 @@ RUNTIME = lambda_.Runtime.PYTHON_3_12  # .python-version: the tests' Python, and
 # training modules ship too; only the retraining job imports them).
 CODE_EXCLUDE = ["**/__pycache__", "**/*.pyc", "**/.DS_Store"]
 # The retraining image's build context is the repository root: only what the image copies.
-IMAGE_CONTEXT = ["*", "!pyproject.toml", "!uv.lock", "!README.md", "!functions", "!infra/retraining.Dockerfile"]
+IMAGE_CONTEXT = [
+    "*",
+    "!pyproject.toml",
+    "!uv.lock",
+    "!README.md",
+    "!functions",
+    "!docs/runbook.md",
+    "!infra/retraining.Dockerfile",
+]
 
 
 # CloudWatch Logs accepts only some retention periods; the manual's 60 days is one of them.
@@ -51,7 +59,10 @@ class Runtime(Construct):
             )
             for name in ("onnxruntime", "runtime")
         ]
-        self.code = lambda_.Code.from_asset(str(ROOT / "functions"), exclude=CODE_EXCLUDE)
+        # follow_symlinks: the package's runbook.md is docs/runbook.md (the notifier quotes it)
+        self.code = lambda_.Code.from_asset(
+            str(ROOT / "functions"), exclude=CODE_EXCLUDE, follow_symlinks=cdk.SymlinkFollowMode.ALWAYS
+        )
         # One dead-letter queue for every job's events that failed after retries: schedules
         # that could not invoke, and async invocations (schedules, S3 events) that kept failing.
         self.dead_letters = sqs.Queue(
@@ -82,6 +93,7 @@ class Runtime(Construct):
         reserved_concurrency: int | None = None,
         snap_start: bool = False,
         asynchronous: bool = False,
+        dead_letter_queue: sqs.IQueue | None = None,
     ) -> lambda_.Function:
         """The function for ``spec``. ``asynchronous``: started by events (schedules, S3), so
         it retries twice and then leaves the event in the dead-letter queue."""
@@ -104,7 +116,11 @@ class Runtime(Construct):
             description=spec.description,
         )
         if asynchronous:
-            common.update(dead_letter_queue=self.dead_letters, retry_attempts=2, max_event_age=cdk.Duration.hours(6))
+            common.update(
+                dead_letter_queue=dead_letter_queue or self.dead_letters,
+                retry_attempts=2,
+                max_event_age=cdk.Duration.hours(6),
+            )
         fn: lambda_.Function
         if spec.container:
             fn = lambda_.DockerImageFunction(

@@ -22,6 +22,7 @@ from pynamodb.attributes import (
     NumberAttribute,
     TTLAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
     UTCDateTimeAttribute,
     VersionAttribute,
 )
@@ -100,11 +101,38 @@ class IdempotencyItem(_Base):
     expires_at = TTLAttribute()
 
 
+class IncidentItem(_Base):
+    """Incidents (issue 7), one table, items told apart by ``pk``:
+    ``INC#<incident id>`` the incident; ``OPEN#<alarm name>`` the marker of the alarm's open
+    incident (a copy of it as opened; put conditionally, so one alarm has at most one open incident);
+    ``SEQ#<YYYY-MM-DD>`` the day's incident counter (UpdateItem ADD)."""
+
+    class Meta(_Base.Meta):
+        table_name = _default("incidents_table")
+
+    pk = UnicodeAttribute(hash_key=True)
+    incident_id = UnicodeAttribute(null=True)
+    alarm_name = UnicodeAttribute(null=True)
+    alert_id = UnicodeAttribute(null=True)  # None: not in the alert table
+    severity = UnicodeAttribute(null=True)
+    level = UnicodeAttribute(null=True)
+    status = UnicodeAttribute(null=True)  # OPEN | RESOLVED
+    detected_at = UTCDateTimeAttribute(null=True)
+    resolved_at = UTCDateTimeAttribute(null=True)
+    description = UnicodeAttribute(null=True)
+    sent = UnicodeSetAttribute(null=True)  # deliveries done: "open:sns", "open:chat", "resolved:sns", ...
+    owner = UnicodeAttribute(null=True)  # the Lambda request delivering its notices (kept across Lambda's retries)
+    owner_until = NumberAttribute(null=True)  # epoch seconds: another invocation may take over after this
+    counter = NumberAttribute(null=True)  # SEQ items
+    expires_at = TTLAttribute(null=True)
+
+
 TABLES: dict[str, type[_Base]] = {
     "predictions_table": PredictionItem,
     "actuals_table": ActualsItem,
     "cache_table": CacheItem,
     "idempotency_table": IdempotencyItem,
+    "incidents_table": IncidentItem,
 }
 
 

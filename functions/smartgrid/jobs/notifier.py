@@ -1,0 +1,21 @@
+"""Notifier handler (issue 7): the alarm topic's SNS events (CloudWatch alarm state changes)
+become incident notices to the alarm's escalation level (``smartgrid.incidents``). A failed
+delivery raises: Lambda retries the asynchronous invocation twice, then the event goes to the
+notifier's dead-letter queue, whose alarm goes straight to people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..catalog import NOTIFIER
+from ..config import get_settings
+from ..incidents import handle_event
+from .runner import job
+
+
+@job(NOTIFIER)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # The request id stays the same across Lambda's retries of one event: a retry takes over
+    # the deliveries its failed attempt left undone.
+    owner = getattr(context, "aws_request_id", None)
+    return {"outcomes": handle_event(event, get_settings(), owner)}
