@@ -105,7 +105,7 @@ def inputs(request):
 @pytest.fixture
 def seeded(settings, inputs):
     """Real data in every table through the API's domain (predictions, the cache, an
-    idempotency record, actuals), a raw item of every DynamoDB type, and a model registry in
+    idempotency record, actuals), an incident, a raw item of every DynamoDB type, and a model registry in
     the models bucket."""
     from smartgrid.service import build_service
 
@@ -116,6 +116,25 @@ def seeded(settings, inputs):
     assert rec is not None
     svc.record_actuals("alice", rec.prediction_id, rec.timestamps[:3], [1000.0, 1010.5, 990.25])
     client("dynamodb", settings).put_item(TableName=settings.cache_table, Item=RAW_ITEM)
+    # an incident the notifier resolved, and the day's counter
+    from datetime import UTC, datetime
+
+    from smartgrid.store.tables import IncidentItem, bind
+
+    bind(settings)
+    IncidentItem(
+        "INC#INC-2026-11-28-001",
+        incident_id="INC-2026-11-28-001",
+        alarm_name="smartgrid-test-api-down",
+        alert_id="api-down",
+        severity="CRITICAL",
+        level="L3",
+        status="RESOLVED",
+        detected_at=datetime(2026, 11, 28, 14, 23, 45, tzinfo=UTC),
+        resolved_at=datetime(2026, 11, 28, 14, 28, 45, tzinfo=UTC),
+        sent={"open:sns", "resolved:sns"},
+    ).save()
+    IncidentItem("SEQ#2026-11-28", counter=1).save()
     s3 = client("s3", settings)
     for path in sorted(BUNDLED_MODEL_DIR.iterdir()):
         s3.put_object(Bucket=settings.models_bucket, Key=f"{SET}{path.name}", Body=path.read_bytes())
