@@ -1,6 +1,6 @@
 """What the CDK app creates in AWS, created on an emulator (the local run, tests): the tables
 from the pynamodb definitions with point-in-time recovery on, and the three buckets, the
-models bucket versioned. Idempotent."""
+models and meter-data buckets versioned. Idempotent."""
 
 from __future__ import annotations
 
@@ -28,5 +28,5 @@ def provision(settings: Settings) -> None:
                 s3.create_bucket(Bucket=name)
             else:
                 s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": settings.aws_region})
-        if setting == "models_bucket":
+        if setting in ("models_bucket", "meter_data_bucket"):  # versioned in the CDK app too
             s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
