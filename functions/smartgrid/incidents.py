@@ -351,19 +351,16 @@ def _details(change: AlarmChange, alert: Alert | None, settings: Settings) -> li
     return lines
 
 
-def render_open(incident: Incident, change: AlarmChange, alert: Alert | None, settings: Settings) -> Notice:
-    steps = runbook_steps(_runbook_file(settings), alert.id) if alert else []
-    first_steps = [f"{i}. {s}" for i, s in enumerate(steps, 1)] or ["1. Follow the runbook section linked below"]
-    if alert is not None and alert.manual != "serverless" and " | " in alert.manual:
-        first_steps.append(f"{len(first_steps) + 1}. Manual's action: {alert.manual.split(' | ', 1)[1]}")
-    lines = [
+def _head(incident: Incident, alert: Alert | None, settings: Settings, duration: str) -> list[str]:
+    """The manual's template from its title to ACTIONS_TAKEN, the same for opening and resolving."""
+    return [
         "INCIDENT NOTIFICATION",
         RULE,
         f"INCIDENT_ID: {incident.incident_id}",
         f"SEVERITY: {incident.severity.title()} (escalation {_escalation(incident.level)})",
         f"SERVICE: {settings.service_display_name}",
         f"TIME_DETECTED: {_utc(incident.detected_at)}",
-        "DURATION: ongoing",
+        f"DURATION: {duration}",
         f"USERS_AFFECTED: {USERS_AFFECTED.get(alert.id, 'Unknown') if alert else 'Unknown'}",
         "",
         "DESCRIPTION:",
@@ -372,6 +369,16 @@ def render_open(incident: Incident, change: AlarmChange, alert: Alert | None, se
         "ROOT_CAUSE: (to be determined)",
         "",
         "ACTIONS_TAKEN:",
+    ]
+
+
+def render_open(incident: Incident, change: AlarmChange, alert: Alert | None, settings: Settings) -> Notice:
+    steps = runbook_steps(_runbook_file(settings), alert.id) if alert else []
+    first_steps = [f"{i}. {s}" for i, s in enumerate(steps, 1)] or ["1. Follow the runbook section linked below"]
+    if alert is not None and alert.manual != "serverless" and " | " in alert.manual:
+        first_steps.append(f"{len(first_steps) + 1}. Manual's action: {alert.manual.split(' | ', 1)[1]}")
+    lines = [
+        *_head(incident, alert, settings, "ongoing"),
         "(none yet)",
         "",
         "STATUS: Investigating",
@@ -406,21 +413,7 @@ def render_resolved(incident: Incident, change: AlarmChange, alert: Alert | None
     resolved_at = incident.resolved_at or change.changed_at
     duration = human_duration(resolved_at - incident.detected_at)
     lines = [
-        "INCIDENT NOTIFICATION",
-        RULE,
-        f"INCIDENT_ID: {incident.incident_id}",
-        f"SEVERITY: {incident.severity.title()} (escalation {_escalation(incident.level)})",
-        f"SERVICE: {settings.service_display_name}",
-        f"TIME_DETECTED: {_utc(incident.detected_at)}",
-        f"DURATION: {duration}",
-        f"USERS_AFFECTED: {USERS_AFFECTED.get(alert.id, 'Unknown') if alert else 'Unknown'}",
-        "",
-        "DESCRIPTION:",
-        incident.description,
-        "",
-        "ROOT_CAUSE: (to be determined)",
-        "",
-        "ACTIONS_TAKEN:",
+        *_head(incident, alert, settings, duration),
         f"1. Recovery observed at {_utc(resolved_at)}: the alarm returned to OK",
         "",
         "STATUS: Resolved",
