@@ -2,13 +2,15 @@
 
 Settings come from context (``-c envName=prod -c alertEmails='{"L3": ["oncall@example.com"]}'``),
 validated before anything is built. cdk-nag's AwsSolutions pack checks the whole app; every
-finding we accept is acknowledged with its reason below, and any other fails the synth.
+finding we accept is acknowledged with its reason below, and any other fails the synth; checkov's
+accepted findings are marked on their resources with their reasons (``infra/checkov.py``).
 """
 
 from __future__ import annotations
 
 import aws_cdk as cdk
 
+from .checkov import add_checkov_skips
 from .nag import add_nag
 from .settings import DeploySettings
 from .stack import SmartgridStack
@@ -17,6 +19,7 @@ from .stack import SmartgridStack
 def build(app: cdk.App, *, nag: bool = True) -> SmartgridStack:
     settings = DeploySettings.from_context(app.node)
     stack = SmartgridStack(app, f"Smartgrid-{settings.env_name}", settings=settings)
+    add_checkov_skips(stack)
     if nag:
         add_nag(app, stack)
     return stack

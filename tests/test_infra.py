@@ -1,5 +1,5 @@
 """The CDK app: synthesized offline through the pinned CDK CLI with cdk-nag, checked by
-cfn-lint, and its template's properties asserted against the operations manual.
+cfn-lint and checkov, and its template's properties asserted against the operations manual.
 
 Template assertions run on an in-process synth without cdk-nag (nag would run again on every
 synth); the CLI test runs the app exactly as `npx cdk synth` does, with nag."""
@@ -114,7 +114,7 @@ def function_id(template: dict[str, Any], spec: catalog.FunctionSpec) -> str:
 
 
 # ------------------------------------------------------------------ the CLI, cdk-nag, cfn-lint
-def test_cdk_cli_synth_offline_with_nag_and_cfn_lint_clean(built_layers, tmp_path):
+def test_cdk_cli_synth_offline_with_nag_cfn_lint_and_checkov_clean(built_layers, tmp_path):
     npx = shutil.which("npx")
     assert npx, "Node.js is needed: the CDK CLI is pinned in package.json (npm ci)"
     assert (ROOT / "node_modules" / "aws-cdk").is_dir(), "run `npm ci` (the README's test command does)"
@@ -167,6 +167,56 @@ def test_cdk_cli_synth_offline_with_nag_and_cfn_lint_clean(built_layers, tmp_pat
         check=False,
     )
     assert lint.returncode == 0, lint.stdout[-4000:] + lint.stderr[-4000:]
+    _checkov_clean_and_live(templates, tmp_path)
+
+
+def checkov(directory: Path) -> dict[str, Any]:
+    """checkov 3.3 (its own lock in tools/scanners) on every template in ``directory``, offline."""
+    uv = os.environ.get("UV") or shutil.which("uv")  # `uv run` names itself in UV
+    assert uv, "uv is needed to run checkov from tools/scanners"
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    scanners = ["run", "--frozen", "--project", str(ROOT / "tools" / "scanners")]
+    options = ["--directory", str(directory), "--framework", "cloudformation", "--skip-download", "--output", "json"]
+    run = subprocess.run(
+        [uv, *scanners, "checkov", *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode in (0, 1), run.stderr[-4000:]  # 1: failed checks, reported below
+    report = json.loads(run.stdout)
+    return report if isinstance(report, dict) else {"results": {}, "summary": {}}
+
+
+def _checkov_clean_and_live(templates: list[Path], tmp_path: Path) -> None:
+    """Zero failed checkov checks on the synthesized templates; each accepted finding is a skip
+    on its resource with its reason (infra/checkov.py). The same template with the skips taken
+    out fails: checkov is live, and the skips are what clears it."""
+    scan = tmp_path / "checkov"
+    (scan / "as-synthesized").mkdir(parents=True)
+    (scan / "without-skips").mkdir()
+    for path in templates:
+        shutil.copy(path, scan / "as-synthesized" / path.name)
+        bare = json.loads(path.read_text())
+        for resource in bare["Resources"].values():
+            resource.get("Metadata", {}).pop("checkov", None)
+        (scan / "without-skips" / path.name).write_text(json.dumps(bare))
+    results = checkov(scan)["results"]
+    by_dir: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for outcome in ("passed_checks", "failed_checks", "skipped_checks"):
+        for check in results.get(outcome, []):
+            where = Path(check["file_abs_path"]).parent.name
+            by_dir.setdefault(where, {}).setdefault(outcome, []).append(check)
+    synthesized = by_dir["as-synthesized"]
+    failed = [(c["check_id"], c["resource"]) for c in synthesized.get("failed_checks", [])]
+    assert failed == [], failed
+    assert len(synthesized["passed_checks"]) > 200
+    for check in synthesized["skipped_checks"]:
+        assert len(check["check_result"].get("suppress_comment", "")) >= 60, (check["check_id"], check["resource"])
+    bare_failed = {c["check_id"] for c in by_dir["without-skips"].get("failed_checks", [])}
+    assert bare_failed == {c["check_id"] for c in synthesized["skipped_checks"]}
 
 
 def test_nag_fails_the_synth_on_an_unacknowledged_finding(built_layers, tmp_path):

@@ -14,11 +14,13 @@ them. The Tracer imports and patches only what a request uses:
 from __future__ import annotations
 
 import contextlib
+import re
 import resource
 from collections.abc import Sequence
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
 from .catalog import MEMORY_UTILIZATION_PERCENT, NAMESPACE, PROCESS_RESIDENT_MEMORY_BYTES, SERVICE
@@ -85,7 +87,39 @@ class LazyXrayProvider(BaseProvider):
         patch_all()
 
 
-logger = Logger(service=SERVICE)
+REDACTED = "[redacted]"
+# Field names whose values are credentials, wherever they appear in a log record (an event's
+# headers or query string, API Gateway's request context): compared without case, - or _.
+SECRET_FIELDS = frozenset({"xapikey", "apikey", "authorization", "cookie", "setcookie", "token", "password"})
+_SECRET_IN_TEXT = re.compile(r"(?i)((?:x-)?api[-_]?key[\"']?\s*[=:]\s*[\"']?)[^\s&\"',;]+")
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with credential fields and ``api_key=...`` in text masked."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if str(k).replace("-", "").replace("_", "").lower() in SECRET_FIELDS else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, BaseException):  # Powertools' stack_trace carries the exception itself
+        value = str(value)
+    if isinstance(value, str) and "key" in value.lower():
+        return _SECRET_IN_TEXT.sub(rf"\1{REDACTED}", value)
+    return value
+
+
+class RedactingFormatter(LambdaPowertoolsFormatter):
+    """Powertools' JSON log format, with API keys and other credentials masked in every record,
+    so that even a logged event (``POWERTOOLS_LOGGER_LOG_EVENT``) or an exception message
+    carries no key."""
+
+    def serialize(self, log: Any) -> str:
+        return super().serialize(redact(dict(log)))
+
+
+logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 _provider = LazyXrayProvider()
 tracer = Tracer(service=SERVICE, auto_patch=False, provider=_provider)
