@@ -364,12 +364,21 @@ def serve(
     emulator_port: Annotated[
         int | None, typer.Option("--emulator-port", min=1, max=65535, help="Port of the embedded AWS emulator")
     ] = None,
+    aws_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--aws-endpoint",
+            metavar="URL",
+            help="Use the AWS emulator already running at URL (e.g. python -m moto.server -p 5000) instead of "
+            "starting one: tables and buckets are provisioned there",
+        ),
+    ] = None,
 ) -> None:
     """Run the API on this machine, on an embedded AWS emulator (moto), with the bundled models."""
     from .local import serve as run
 
     with _errors():
-        run(host, port, api_key, emulator_port)
+        run(host, port, api_key, emulator_port, aws_endpoint)
 
 
 # The jobs' and operators' commands (issue 5) live in their own modules and register on

@@ -4,6 +4,9 @@ An embedded AWS emulator (moto's server mode, in a thread of this process) stand
 DynamoDB; the tables are created from the same pynamodb definitions the code uses; the
 app is the same FastAPI app Lambda runs, served by uvicorn. ``AWS_ENDPOINT_URL`` points
 every AWS client at the emulator, exactly as it would point them at a separate moto server.
+With ``--aws-endpoint URL`` no emulator is started: the tables and buckets are provisioned on
+the one already running at URL (a moto server in its own process, LocalStack), which keeps the
+stored items out of this process (the load and soak benchmark measures this process's memory).
 """
 
 from __future__ import annotations
@@ -47,6 +50,23 @@ def start_emulator(host: str = "127.0.0.1", port: int | None = None) -> Emulator
     return Emulator(server, f"http://{host}:{port}")
 
 
+def external_endpoint(url: str, timeout_s: float = 5.0) -> str:
+    """Check that an AWS emulator's URL is well formed and something listens there."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--aws-endpoint must be an http(s) URL such as http://127.0.0.1:5000, not {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(
+            f"no AWS emulator answers at {url} ({exc}); start it first, e.g. python -m moto.server -p {port}"
+        ) from exc
+    return url.rstrip("/")
+
+
 def local_environment(endpoint: str, api_key: str) -> dict[str, str]:
     """Environment for the app against the emulator: endpoint, dummy credentials, one key."""
     from .api.app import hash_key
@@ -61,17 +81,26 @@ def local_environment(endpoint: str, api_key: str) -> dict[str, str]:
     }
 
 
-def serve(host: str, port: int, api_key: str | None, emulator_port: int | None) -> None:
+def serve(
+    host: str, port: int, api_key: str | None, emulator_port: int | None, aws_endpoint: str | None = None
+) -> None:
     import uvicorn
 
     from .api.app import create_app
     from .catalog import SERVICE
     from .config import get_settings
-    from .store.provision import provision
+    from .store.provision import BUCKETS, provision
 
-    emulator = start_emulator(port=emulator_port)
+    emulator: Emulator | None = None
+    if aws_endpoint:
+        if emulator_port is not None:
+            raise ValueError("--emulator-port is the embedded emulator's port; it does not go with --aws-endpoint")
+        endpoint = external_endpoint(aws_endpoint)
+    else:
+        emulator = start_emulator(port=emulator_port)
+        endpoint = emulator.endpoint
     key = api_key or secrets.token_urlsafe(18)
-    os.environ.update(local_environment(emulator.endpoint, key))
+    os.environ.update(local_environment(endpoint, key))
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", SERVICE)
     get_settings.cache_clear()
     settings = get_settings()
@@ -81,7 +110,13 @@ def serve(host: str, port: int, api_key: str | None, emulator_port: int | None) 
         ms = app.state.service.models
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
         print(f"smartgrid API on {url}  (docs: {url}/docs?api_key={key})")
-        print(f"AWS emulator (moto) on {emulator.endpoint}; tables: {', '.join(_tables(settings))}")
+        tables = ", ".join(_tables(settings))
+        if emulator is None:
+            buckets = ", ".join(getattr(settings, name) for name in BUCKETS)
+            print(f"external AWS emulator at {endpoint} (not started here); provisioned there: tables {tables}")
+            print(f"  and buckets {buckets}")
+        else:
+            print(f"AWS emulator (moto) on {endpoint}; tables: {tables}")
         print(f"models loaded: {ms.models_loaded} from {settings.model_dir}")
         print(f"local API key for user {LOCAL_USER!r}: {key}")
         print("try:")
@@ -91,11 +126,15 @@ def serve(host: str, port: int, api_key: str | None, emulator_port: int | None) 
             f"  curl -s -H 'x-api-key: {key}' -H 'content-type: application/json' "
             f"--data @examples/predict_single.json {url}/predict/single"
         )
-        print(f"  AWS_ENDPOINT_URL={emulator.endpoint} smartgrid ops check --url {url}")
-        print("Ctrl-C stops the API and the emulator.", flush=True)
+        print(f"  AWS_ENDPOINT_URL={endpoint} smartgrid ops check --url {url}")
+        if emulator is None:
+            print("Ctrl-C stops the API (the external emulator keeps running).", flush=True)
+        else:
+            print("Ctrl-C stops the API and the emulator.", flush=True)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
-        emulator.stop()
+        if emulator is not None:
+            emulator.stop()
 
 
 def _tables(settings: Any) -> list[str]:

@@ -1,0 +1,114 @@
+"""`smartgrid serve --aws-endpoint URL`: the API on an AWS emulator that is already running
+(here a ThreadedMotoServer this test starts) instead of the embedded one; the tables and
+buckets are provisioned there and the predictions are written there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from smartgrid.local import free_port
+
+ROOT = Path(__file__).parent.parent
+
+
+def _env() -> dict[str, str]:
+    """The caller's environment without the tests' AWS/SMARTGRID settings (serve sets its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SMARTGRID_", "AWS_"))}
+
+
+def _call(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    req.add_header("content-type", "application/json")
+    if key:
+        req.add_header("x-api-key", key)
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture
+def external_moto():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_serve_uses_an_external_emulator(external_moto):
+    port, key = free_port(), "local-external-key-123"
+    serve = [sys.executable, "-m", "smartgrid.cli", "serve", "--port", str(port), "--api-key", key]
+    proc = subprocess.Popen(
+        [*serve, "--aws-endpoint", external_moto],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 25
+        while True:
+            try:
+                if _call(base + "/health")[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "serve did not become healthy within 25 s"
+            time.sleep(0.25)
+        status, p = _call(base + "/predict/single", (ROOT / "examples" / "predict_single.json").read_bytes(), key)
+        assert status == 200, p
+        assert p["model_kind"] == "primary" and len(p["forecast"]) == 24
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+
+    # the tables were made on the external emulator and the prediction was written there
+    ddb = boto3.client(
+        "dynamodb",
+        endpoint_url=external_moto,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    assert {"smartgrid-predictions", "smartgrid-cache"} <= set(ddb.list_tables()["TableNames"])
+    items = ddb.scan(TableName="smartgrid-predictions")["Items"]
+    assert p["prediction_id"] in json.dumps(items)
+    s3 = boto3.client(
+        "s3", endpoint_url=external_moto, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    assert "smartgrid-models" in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert f"external AWS emulator at {external_moto}" in out  # the startup print says where the data goes
+    assert "external emulator keeps running" in out
+
+
+def test_serve_says_when_nothing_answers_at_the_endpoint():
+    dead = f"http://127.0.0.1:{free_port()}"
+    res = subprocess.run(
+        [sys.executable, "-m", "smartgrid.cli", "serve", "--port", str(free_port()), "--aws-endpoint", dead],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    assert res.returncode != 0
+    assert f"no AWS emulator answers at {dead}" in res.stdout + res.stderr
