@@ -386,4 +386,8 @@ def serve(
 from . import cli_backup, cli_incidents, cli_jobs, cli_models, cli_ops  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    # `python -m smartgrid.cli`: this module runs as __main__, but the command modules register
+    # on `smartgrid.cli.app` (the module they import), so run that one.
+    from smartgrid.cli import app as registered
+
+    registered()
