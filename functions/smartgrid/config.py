@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     # Readings that repeat the same value this long are a flatline (bad meter data).
     flatline_hours: float = Field(default=6.0, gt=0)
     anomaly_threshold: float = Field(default=0.5, gt=0, lt=1)
+    # Readings stamped later than the server's clock by more than this are refused (422, or a
+    # rejected meter file): a meter or client clock set wrong, or a local time sent as UTC, would
+    # otherwise be forecast "from the future" and stored as actuals retraining learns from.
+    # 15 minutes absorbs ordinary clock drift and readings stamped at the end of their interval.
+    max_clock_skew_s: int = Field(default=900, ge=0, le=86_400)
 
     # --- AWS: every client honours AWS_ENDPOINT_URL (moto in-process, a moto server, or AWS)
     aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")

@@ -28,6 +28,10 @@ DAY_S = 86_400
 MAX_LOAD_MW = 1e7  # above any grid on Earth (the largest are ~1e6 MW): a unit or parsing error
 MAX_TEMPERATURE_C = 65.0
 MIN_TEMPERATURE_C = -70.0
+# The most readings an API request may send for one series, and the most steps of the regular grid
+# they may span (gaps included): three readings decades apart would otherwise make a grid of
+# millions of steps (gigabytes for a batch, minutes of CPU for anomaly detection).
+MAX_READINGS = 20_000
 _MAX_ROWS_LISTED = 8
 
 
@@ -342,6 +346,36 @@ def _parse_csv(path: Path, required: tuple[str, ...]) -> Readings:
 # ------------------------------------------------------------------------ validation
 
 
+@dataclass(frozen=True)
+class FutureLimit:
+    """The server's clock and the clock skew it tolerates: readings stamped later than
+    ``now + tolerance_s`` are refused (a meter or client clock set wrong, or a time zone
+    applied twice: no reading comes from the future)."""
+
+    now: datetime  # aware
+    tolerance_s: float
+
+    def problem(self, readings: Readings) -> Problem | None:
+        """One problem naming every reading stamped beyond the limit, or None."""
+        now = np.datetime64(self.now.astimezone(UTC).replace(tzinfo=None, microsecond=0), "s")
+        limit = now + np.timedelta64(int(self.tolerance_s), "s")
+        ts = readings.timestamps.astype("datetime64[s]")
+        ahead = np.flatnonzero(ts > limit)
+        if not ahead.size:
+            return None
+        rows = readings.rows[ahead].tolist()
+        first = ts[ahead[0]]
+        lead_s = int((first - now).astype("int64"))
+        return Problem(
+            "future_timestamp",
+            f"timestamp in the future at {_rows_text(rows)} (first: {iso(first)} is {lead_s} s ahead of the "
+            f"server clock {iso(now)}; at most {self.tolerance_s:g} s of clock skew is accepted): check the "
+            "clock and time zone of the source",
+            tuple(rows),
+            "timestamp",
+        )
+
+
 def infer_step_seconds(diffs_s: np.ndarray) -> int | None:
     positive = diffs_s[diffs_s > 0]
     if positive.size == 0:
@@ -357,6 +391,8 @@ def validate(
     flatline_hours: float | None = 6.0,
     fill_gaps_up_to: int = 0,
     allow_gaps: bool = False,
+    future: FutureLimit | None = None,
+    max_steps: int | None = None,
 ) -> Series:
     """Check readings and return them on a regular grid.
 
@@ -365,6 +401,8 @@ def validate(
     negative loads, flatlines, out-of-range temperatures and too little history.
     ``fill_gaps_up_to``: gaps of at most this many missing steps are linearly interpolated
     (and reported); longer gaps are errors unless ``allow_gaps`` (they stay NaN).
+    ``future``: also refuse readings stamped beyond the server's clock and its tolerance.
+    ``max_steps``: refuse readings whose grid would have more steps (before making it).
     """
     src = readings.source
     problems: list[Problem] = []
@@ -408,6 +446,8 @@ def validate(
                     "temperature",
                 )
             )
+    if future is not None and (ahead := future.problem(readings)) is not None:
+        problems.append(ahead)
 
     # Order and duplicates.
     d = np.diff(secs)
@@ -466,6 +506,17 @@ def validate(
     # Regular grid.
     idx = ((secs - secs[0]) // step).astype("int64")
     total = int(idx[-1]) + 1
+    if max_steps is not None and total > max_steps:
+        problems.append(
+            Problem(
+                "span_too_long",
+                f"the readings span {total} steps of {step // 60} minutes ({iso(ts[0])} to {iso(ts[-1])}, gaps "
+                f"included); at most {max_steps}: send the recent part",
+                (),
+                "timestamp",
+            )
+        )
+        raise DataValidationError(problems, src)
     load = np.full(total, np.nan)
     load[idx] = readings.load
     temp = None

@@ -113,10 +113,13 @@ ForecastResult = Forecast | DataValidationError | ForecastUnavailableError
 
 
 class Forecaster:
-    def __init__(self, models: ModelSet, calendar: HolidayCalendar, flatline_hours: float = 6.0) -> None:
+    def __init__(
+        self, models: ModelSet, calendar: HolidayCalendar, flatline_hours: float = 6.0, max_steps: int | None = None
+    ) -> None:
         self.models = models
         self.calendar = calendar
         self.flatline_hours = flatline_hours
+        self.max_steps = max_steps  # see data.validate (the API's limit; the CLI has none)
 
     # -- entry point for raw readings (CLI, API): validation decides primary vs fallback
     def forecast_readings(self, readings: Readings, future: Readings | None = None) -> Forecast:
@@ -138,7 +141,9 @@ class Forecaster:
         jobs: dict[int, _Job] = {}
         for i, (readings, future) in enumerate(inputs):
             try:
-                series = validate(readings, min_days=1.0, flatline_hours=None, allow_gaps=True)
+                series = validate(
+                    readings, min_days=1.0, flatline_hours=None, allow_gaps=True, max_steps=self.max_steps
+                )
                 jobs[i] = self._job(series, self._future_temperature(series, future), None)
             except DataValidationError as exc:
                 out[i] = exc

@@ -46,7 +46,7 @@ import numpy as np
 
 from .catalog import INGESTION, METER_FILES_REJECTED_TOTAL, MODEL_ANOMALIES_DETECTED, Level
 from .config import Settings
-from .data import DAY_S, Series, iso, iso_all, read_csv, validate
+from .data import DAY_S, FutureLimit, Series, iso, iso_all, read_csv, validate
 from .errors import (
     DataValidationError,
     DependencyUnavailableError,
@@ -170,9 +170,10 @@ def readings_csv(series: Series) -> bytes:
     return buf.getvalue().encode()
 
 
-def parse_file(body: bytes) -> Series:
+def parse_file(body: bytes, future: FutureLimit | None = None) -> Series:
     """Parse and validate a meter file's bytes with the engine's CSV reader and validation
-    (as ``smartgrid detect`` does, but a file may hold less than a day). Raises
+    (as ``smartgrid detect`` does, but a file may hold less than a day; ``future``: readings
+    stamped beyond the clock and its skew tolerance are refused). Raises
     DataValidationError with every problem."""
     with tempfile.TemporaryDirectory(prefix="smartgrid-ingest-") as tmp:
         path = Path(tmp) / "meter.csv"
@@ -185,10 +186,10 @@ def parse_file(body: bytes) -> Series:
         raise DataValidationError(
             [Problem("too_few_readings", "only 1 reading: a file needs at least 2 to tell its resolution", (1,))]
         )
-    return validate(readings, min_days=0.0, flatline_hours=None, allow_gaps=True)
+    return validate(readings, min_days=0.0, flatline_hours=None, allow_gaps=True, future=future)
 
 
-def check(key: str, body: bytes) -> tuple[meter.MeterKey, Series] | list[Problem]:
+def check(key: str, body: bytes, future: FutureLimit | None = None) -> tuple[meter.MeterKey, Series] | list[Problem]:
     """The key's layout and the file's content: every problem found, or the parsed readings."""
     problems: list[Problem] = []
     mk: meter.MeterKey | None = None
@@ -203,7 +204,7 @@ def check(key: str, body: bytes) -> tuple[meter.MeterKey, Series] | list[Problem
         problems.append(Problem("empty_file", "the file is empty (0 bytes)"))
         return problems
     try:
-        series = parse_file(body)
+        series = parse_file(body, future)
     except DataValidationError as exc:
         problems.extend(exc.problems)
     if problems or mk is None:
@@ -239,7 +240,7 @@ class Ingestor:
             stored = meter.fetch(obj.key, self.settings)
         if stored is None:
             return self._gone(obj)
-        result = check(obj.key, stored.body)
+        result = check(obj.key, stored.body, FutureLimit(self.clock(), self.settings.max_clock_skew_s))
         if isinstance(result, list):
             return self._reject(obj, stored.etag, len(stored.body), result)
         return self._accept(obj, *result)

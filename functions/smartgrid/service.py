@@ -38,7 +38,7 @@ from .catalog import (
     PREDICTIONS_TOTAL,
 )
 from .config import Settings
-from .data import Readings, iso, iso_all, readings_from_records, validate
+from .data import MAX_READINGS, FutureLimit, Readings, iso, iso_all, readings_from_records, validate
 from .errors import (
     ConflictError,
     DataValidationError,
@@ -202,7 +202,7 @@ class PredictionService:
 
     def _use_models(self, models: ModelSet) -> None:
         self.models = models
-        self.forecaster = Forecaster(models, self.calendar, self.settings.flatline_hours)
+        self.forecaster = Forecaster(models, self.calendar, self.settings.flatline_hours, max_steps=MAX_READINGS)
         versions = {n: (m.meta.version if (m := models.get(n)) else None) for n in MODEL_NAMES}
         # Part of every cache key: a new model set (or calendar, or flatline rule, which decides
         # primary vs fallback) never serves old forecasts.
@@ -237,6 +237,7 @@ class PredictionService:
         writes of 25 items a call."""
         self.refresh_models()
         now = self.clock()
+        limit = self.future_limit()  # the clock now, also on a retry that takes over a claim
         claim: Claim | None = None
         if idempotency_key is not None:
             claim = self._claim(user_id, idempotency_key, request_digest or "", len(inputs), now)
@@ -244,7 +245,7 @@ class PredictionService:
                 return self._replay(user_id, claim, inputs)
             now = claim.created  # the reserved ULIDs encode the first attempt's time
         try:
-            parsed = [self._parse(item) for item in inputs]
+            parsed = [self._parse(item, limit) for item in inputs]
             keys = [None if isinstance(p, DataValidationError) else self._cache_key(*p) for p in parsed]
             found = self._cache_get([k for k in keys if k is not None], now)
             todo = [i for i, k in enumerate(keys) if k is not None and k not in found]
@@ -312,10 +313,18 @@ class PredictionService:
             expires_at=now + timedelta(days=self.settings.prediction_retention_days),
         )
 
+    def future_limit(self) -> FutureLimit:
+        """Readings may be stamped at most ``max_clock_skew_s`` after the service's clock."""
+        return FutureLimit(self.clock(), self.settings.max_clock_skew_s)
+
     @staticmethod
-    def _parse(item: SeriesInput) -> _Parsed | DataValidationError:
+    def _parse(item: SeriesInput, limit: FutureLimit) -> _Parsed | DataValidationError:
+        """The history (none of it later than ``limit``) and the temperature forecast, which is
+        of the future by design."""
         try:
             readings = readings_from_records(item.timestamps, item.load, item.temperature, source="history")
+            if (ahead := limit.problem(readings)) is not None:
+                raise DataValidationError([ahead], "history")
             future = None
             if item.forecast_timestamps is not None and item.forecast_temperature is not None:
                 future = readings_from_records(
@@ -453,7 +462,7 @@ class PredictionService:
         return outcomes
 
     def _validation_error(self, item: SeriesInput) -> DataValidationError | ForecastUnavailableError:
-        parsed = self._parse(item)
+        parsed = self._parse(item, self.future_limit())
         if isinstance(parsed, DataValidationError):
             return parsed
         (result,) = self.forecaster.forecast_many([parsed])
@@ -483,7 +492,8 @@ class PredictionService:
         self, user_id: str, prediction_id: str, timestamps: Sequence[str], load: Sequence[float]
     ) -> ActualsResult:
         readings = readings_from_records(timestamps, load, None, source="actuals")
-        problems: list[Problem] = []
+        ahead = self.future_limit().problem(readings)  # a measured load is never of the future
+        problems: list[Problem] = [] if ahead is None else [ahead]
         try:
             found = self.store.get_predictions(user_id, [prediction_id])
         except Exception as exc:
@@ -555,7 +565,14 @@ class PredictionService:
                 f"the anomaly model is not loaded: {self.models.errors.get(ANOMALY_DETECTOR)}"
             )
         readings: Readings = readings_from_records(timestamps, load, None, source="readings")
-        series = validate(readings, min_days=1.0, flatline_hours=None, allow_gaps=True)
+        series = validate(
+            readings,
+            min_days=1.0,
+            flatline_hours=None,
+            allow_gaps=True,
+            future=self.future_limit(),
+            max_steps=MAX_READINGS,
+        )
         threshold = threshold or self.settings.anomaly_threshold
         with _inference_timer():
             result = run_detect(series, model, threshold=threshold)

@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -129,7 +130,10 @@ def validation_problem(errors: list[Any], prefix: str = "") -> tuple[int, dict[s
             msg = "unknown field"
         elif e.get("type") == "missing" and loc == ("body",):
             msg = "a JSON body is required"
-        elif e.get("type") == "string_pattern_mismatch":
+        elif (
+            e.get("type") == "string_pattern_mismatch"
+            and (e.get("ctx") or {}).get("pattern") == schemas.TIMESTAMP_PATTERN
+        ):
             msg = "not an ISO 8601 time from 1900 to 2199 (e.g. 2026-11-27T23:00:00Z)"
         fields.append({"field": field or None, "code": e.get("type", "invalid"), "message": msg, "rows": []})
     detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
@@ -157,7 +161,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AuthError)
     async def _auth(request: Request, exc: AuthError) -> JSONResponse:
         title = "Unauthorized" if exc.status == 401 else "Forbidden"
-        return _problem_response(exc.status, problem(exc.status, title, str(exc)))
+        challenge = {"WWW-Authenticate": "APIKey"} if exc.status == 401 else None  # RFC 9110: a 401 names the scheme
+        return _problem_response(exc.status, problem(exc.status, title, str(exc)), challenge)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
@@ -166,7 +171,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConflictError)
     async def _conflict(request: Request, exc: ConflictError) -> JSONResponse:
         status = 422 if exc.code == "idempotency_key_reused" else 409
-        return _problem_response(status, problem(status, "Conflict", str(exc), code=exc.code.replace("_", "-")))
+        key = exc.code in ("idempotency_key_reused", "request_in_progress")  # about the key: name it
+        field = {"field": "header.Idempotency-Key", "code": exc.code, "message": str(exc), "rows": []}
+        body = problem(status, "Conflict", str(exc), [field] if key else None, code=exc.code.replace("_", "-"))
+        return _problem_response(status, body)
 
     @app.exception_handler(DependencyUnavailableError)
     @app.exception_handler(ForecastUnavailableError)
@@ -317,7 +325,16 @@ class Authenticator:
         raise AuthError(401, "missing API key: send it in the x-api-key header")
 
 
-async def current_user(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> str:
+# The OpenAPI document's security scheme; a missing key is the Authenticator's 401, not FastAPI's.
+API_KEY = APIKeyHeader(
+    name="x-api-key",
+    scheme_name="ApiKey",
+    auto_error=False,
+    description="The API key (missing: 401, not valid: 403). Behind API Gateway, the gateway checks it.",
+)
+
+
+async def current_user(request: Request, x_api_key: Annotated[str | None, Security(API_KEY)] = None) -> str:
     """The caller's user id, from the API key (never from the body). ``async``: FastAPI runs
     a plain ``def`` dependency in a worker thread, per request."""
     auth: Authenticator = request.app.state.authenticator
@@ -428,6 +445,48 @@ IdempotencyKey = Annotated[
 ]
 
 
+# ------------------------------------------------------------------------- the contract
+# The error responses each operation documents (the 4XX/5XX catch-alls cover the rest: 400
+# malformed JSON, 405, 500). Every one is a problem-details body (``contract`` below).
+PROBLEM_STATUSES = {
+    401: "The x-api-key header is missing",
+    403: "The API key is not valid (or user_id is not the key's user)",
+    404: "No such prediction for this API key",
+    409: "A request with this Idempotency-Key is still being processed",
+    413: "The body is larger than the limit (MAX_BODY_BYTES)",
+    422: "The request is invalid; errors[] names each field (idempotency-key-reused: the key came with another body)",
+    503: "A dependency is unavailable and nothing was written; retry after Retry-After seconds",
+}
+PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}, "description": "APIKey"}},
+    503: {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 0}, "description": "seconds"}},
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        s: {"model": schemas.ProblemDetails, "description": PROBLEM_STATUSES[s]}
+        | ({"headers": PROBLEM_HEADERS[s]} if s in PROBLEM_HEADERS else {})
+        for s in statuses
+    }
+
+
+def contract(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """What FastAPI cannot say by itself: error bodies are ``application/problem+json`` (it
+    files every response model under application/json), and the batch limit is a setting."""
+    problem_ref = {"$ref": "#/components/schemas/ProblemDetails"}
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if content.get("application/json", {}).get("schema") == problem_ref:
+                    content[PROBLEM_JSON] = content.pop("application/json")
+            operation["responses"] = dict(sorted(operation["responses"].items()))  # 401 ... 4XX, 503, 5XX
+    requests = spec["components"]["schemas"]["BatchRequest"]["properties"]["requests"]
+    requests["maxItems"] = settings.max_batch_size
+    return spec
+
+
 # ------------------------------------------------------------------------- app
 def create_app(
     settings: Settings | None = None, service: PredictionService | None = None, flush_metrics: bool = False
@@ -446,6 +505,14 @@ def create_app(
             "5XX": {"model": schemas.ProblemDetails, "description": "Problem details"},
         },
     )
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = contract(default_openapi(), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.service = svc
     app.state.authenticator = Authenticator(settings)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, flush_metrics=flush_metrics)
@@ -460,7 +527,12 @@ def create_app(
         spec = f"{base_path(request)}/openapi.json" + (f"?api_key={quote(api_key)}" if api_key else "")
         return get_swagger_ui_html(openapi_url=spec, title="smartgrid API")
 
-    @app.get("/health", response_model=schemas.Health, tags=["operations"])
+    @app.get(
+        "/health",
+        response_model=schemas.Health,
+        tags=["operations"],
+        responses={503: {"model": schemas.Health, "description": "Critical: a dependency or the models are down"}},
+    )
     async def health() -> JSONResponse:
         """The operations manual's health check; no API key needed. 503 when critical."""
         h = svc.health()
@@ -474,13 +546,18 @@ def create_app(
         }
         return JSONResponse(body, status_code=503 if h.status == "critical" else 200)
 
-    @app.get("/models", response_model=schemas.ModelList, tags=["models"])
+    @app.get("/models", response_model=schemas.ModelList, tags=["models"], responses=problem_responses(401, 403))
     async def models(user: User) -> JSONResponse:
         svc.refresh_models()
         body = {"set_id": svc.models.set_id, "models": svc.models.describe()}
         return JSONResponse(body, headers={"Cache-Control": "max-age=3600"})
 
-    @app.post("/predict/single", response_model=schemas.Prediction, tags=["predictions"])
+    @app.post(
+        "/predict/single",
+        response_model=schemas.Prediction,
+        tags=["predictions"],
+        responses=problem_responses(401, 403, 409, 413, 422, 503),
+    )
     async def predict_single(
         body: schemas.PredictRequest, user: User, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
@@ -491,7 +568,12 @@ def create_app(
         assert outcome.record is not None
         return JSONResponse(render_prediction(outcome.record))
 
-    @app.post("/predict/batch", response_model=schemas.BatchResponse, tags=["predictions"])
+    @app.post(
+        "/predict/batch",
+        response_model=schemas.BatchResponse,
+        tags=["predictions"],
+        responses=problem_responses(401, 403, 409, 413, 422, 503),
+    )
     async def predict_batch(
         body: schemas.BatchRequest, user: User, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
@@ -524,11 +606,21 @@ def create_app(
         ok = sum(1 for r in ordered if r["status"] == "ok")
         return JSONResponse({"succeeded": ok, "failed": len(ordered) - ok, "results": ordered})
 
-    @app.post("/anomalies/detect", response_model=schemas.DetectResponse, tags=["anomalies"])
+    @app.post(
+        "/anomalies/detect",
+        response_model=schemas.DetectResponse,
+        tags=["anomalies"],
+        responses=problem_responses(401, 403, 413, 422, 503),
+    )
     async def detect(body: schemas.DetectRequest, user: User) -> JSONResponse:
         return JSONResponse(svc.detect(body.timestamps, body.load, body.threshold))
 
-    @app.post("/actuals", response_model=schemas.ActualsResponse, tags=["predictions"])
+    @app.post(
+        "/actuals",
+        response_model=schemas.ActualsResponse,
+        tags=["predictions"],
+        responses=problem_responses(401, 403, 404, 413, 422, 503),
+    )
     async def actuals(body: schemas.ActualsRequest, user: User) -> JSONResponse:
         res = svc.record_actuals(user, body.prediction_id, body.timestamps, body.load)
         return JSONResponse(
@@ -542,7 +634,12 @@ def create_app(
             }
         )
 
-    @app.get("/predictions", response_model=schemas.PredictionPage, tags=["predictions"])
+    @app.get(
+        "/predictions",
+        response_model=schemas.PredictionPage,
+        tags=["predictions"],
+        responses=problem_responses(401, 403, 422, 503),
+    )
     async def predictions(
         user: User,
         user_id: Annotated[str | None, Query(max_length=128, description="must be the API key's user")] = None,

@@ -7,9 +7,17 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-from ..data import MAX_LOAD_MW, MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, parse_timestamp
+from ..data import MAX_LOAD_MW, MAX_READINGS, MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, parse_timestamp
 
 # ISO 8601 from 1900 to 2199 (date, optional time with seconds and fraction, optional zone).
 TIMESTAMP_PATTERN = (
@@ -23,6 +31,15 @@ Timestamp = Annotated[
 ]
 Load = Annotated[float, Field(ge=0, le=MAX_LOAD_MW, description="MW")]
 Temperature = Annotated[float, Field(ge=MIN_TEMPERATURE_C, le=MAX_TEMPERATURE_C, description="deg C")]
+
+
+def _whole(value: Any) -> Any:
+    """JSON has one number type: 15.0 is the integer 15, as JSON Schema says (15.5 is not)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# The bounds go before the validator: after it, pydantic writes them as "ge"/"le", which are not JSON Schema.
+StepMinutes = Annotated[int, Field(ge=5, le=60), BeforeValidator(_whole)]
 
 
 class Strict(BaseModel):
@@ -53,12 +70,12 @@ class History(Parallel):
     ``resolution_minutes`` with one load per step (a third of the bytes; batches of 1000
     sites with two weeks of history fit Lambda's 6 MB request limit only this way)."""
 
-    timestamps: list[Timestamp] | None = Field(default=None, min_length=2, max_length=20_000)
+    timestamps: list[Timestamp] | None = Field(default=None, min_length=2, max_length=MAX_READINGS)
     start: Timestamp | None = Field(default=None, description="compact form: time of the first load")
-    resolution_minutes: int | None = Field(default=None, ge=5, le=60, description="compact form: minutes per step")
-    load: list[Load] = Field(min_length=2, max_length=20_000)
+    resolution_minutes: StepMinutes | None = Field(default=None, description="compact form: minutes per step")
+    load: list[Load] = Field(min_length=2, max_length=MAX_READINGS)
     temperature: list[Temperature | None] | None = Field(
-        default=None, max_length=20_000, description="optional; null where unknown"
+        default=None, max_length=MAX_READINGS, description="optional; null where unknown"
     )
 
     @field_validator("start")
@@ -120,8 +137,8 @@ class BatchRequest(Strict):
 class DetectRequest(Parallel):
     parallel_fields = ("timestamps", "load")
 
-    timestamps: list[Timestamp] = Field(min_length=2, max_length=20_000)
-    load: list[Load] = Field(min_length=2, max_length=20_000)
+    timestamps: list[Timestamp] = Field(min_length=2, max_length=MAX_READINGS)
+    load: list[Load] = Field(min_length=2, max_length=MAX_READINGS)
     threshold: float | None = Field(default=None, gt=0, lt=1)
 
 
