@@ -15,8 +15,8 @@ from constructs import IConstruct
 from .stack import SmartgridStack
 
 NO_VPC = (
-    "the functions reach only AWS service endpoints (DynamoDB, S3, SNS, CloudWatch) and no private resource; "
-    "a VPC would add NAT or endpoint costs and cold-start latency and protect nothing"
+    "the functions reach only public endpoints (AWS APIs, the API's own URL for the probe, the chat webhook) "
+    "and no private resource; a VPC would add NAT or endpoint costs and cold-start latency and protect nothing"
 )
 NO_RESERVED = (
     "jobs run once per schedule, per arriving file or per alarm change; reserving concurrency for each would "
@@ -53,9 +53,9 @@ OPEN_HEALTH = (
 LOG_SINK = "this is the access-log bucket itself: logging it would log into itself"
 LOG_VERSIONS = "access-log objects are written once by S3's log delivery and expire after 90 days"
 BACKUP_VERSIONS = (
-    "each backup is written once under a new timestamped prefix with a checksummed manifest, the backup role "
-    "holds no s3:DeleteObject, and the manual's 30-day retention is the bucket's lifecycle; versions would "
-    "keep copies past it"
+    "each backup is written under a new per-second prefix (the job refuses a prefix that has objects) with a "
+    "checksummed manifest; the role's only delete is of a manifest that failed read-back, and the manual's "
+    "30-day retention is the bucket's lifecycle: versions would keep copies past it"
 )
 
 

@@ -33,6 +33,8 @@ PROCESS_RESIDENT_MEMORY_BYTES = "process_resident_memory_bytes"
 CACHE_ERRORS_TOTAL = "cache_errors_total"
 FALLBACK_FORECASTS_TOTAL = "fallback_forecasts_total"
 PREDICTIONS_TOTAL = "predictions_total"  # forecasts served (a batch counts each item)
+# forecasts served while the predictions table was down: answered without an id, not recorded
+PREDICTIONS_NOT_STORED_TOTAL = "predictions_not_stored_total"
 MODEL_PREDICTION_ERROR_PERCENT = "model_prediction_error_percent"  # |actual - P50| / actual * 100
 MEMORY_UTILIZATION_PERCENT = "memory_utilization_percent"  # peak RSS / configured memory * 100
 # Jobs (dimension ``job``): the outcome each run reports, and the health probe's readings.
@@ -114,6 +116,9 @@ API_ROUTES: tuple[Route, ...] = (
     Route("GET", "/openapi.json"),
     Route("GET", "/docs"),
 )
+# Every error the API answers, from the app or from API Gateway itself, is RFC 9457 problem details.
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://smartgrid.dev/problems/"
 
 
 # --- Schedules (EventBridge Scheduler, evaluated in UTC).

@@ -34,9 +34,11 @@ class Settings(BaseSettings):
     flatline_hours: float = Field(default=6.0, gt=0)
     anomaly_threshold: float = Field(default=0.5, gt=0, lt=1)
     # Readings stamped later than the server's clock by more than this are refused (422, or a
-    # rejected meter file): a meter or client clock set wrong, or a local time sent as UTC, would
-    # otherwise be forecast "from the future" and stored as actuals retraining learns from.
-    # 15 minutes absorbs ordinary clock drift and readings stamped at the end of their interval.
+    # rejected meter file): a meter or client clock set wrong, or a local time east of UTC sent
+    # as UTC, would otherwise be forecast "from the future" and stored as actuals retraining
+    # learns from (a zone west of UTC lands in the past and cannot be told from old data).
+    # 15 minutes absorbs ordinary clock drift and a reading of a 15-minute interval stamped at
+    # its end; an hourly reading of an interval not yet over is refused.
     max_clock_skew_s: int = Field(default=900, ge=0, le=86_400)
 
     # --- AWS: every client honours AWS_ENDPOINT_URL (moto in-process, a moto server, or AWS)

@@ -6,9 +6,11 @@ records through a ``Store`` (implemented over DynamoDB in ``smartgrid.store``). 
 nothing of HTTP: it raises the typed errors of ``errors.py`` and the API maps them.
 
 Degraded modes (operations manual): a cache failure is logged and counted and the request
-is served without the cache; a predictions-table failure is critical: the request fails
-with ``DependencyUnavailableError`` after undoing what it wrote (``PartialWriteError`` when
-the undo fails too: a retry with the same Idempotency-Key then completes it).
+is served without the cache; a predictions-table failure is critical (``/health`` says so):
+what the request wrote is undone and its forecasts are still served, marked not stored and
+without ids, so nothing is acknowledged that was not stored. A request with an
+Idempotency-Key fails instead with ``DependencyUnavailableError`` (``PartialWriteError``
+when the undo fails too: a retry with the same key then completes it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .catalog import (
     MODEL_INFERENCE_DURATION_SECONDS,
     MODEL_PREDICTION_ERROR_ABSOLUTE,
     MODEL_PREDICTION_ERROR_PERCENT,
+    PREDICTIONS_NOT_STORED_TOTAL,
     PREDICTIONS_TOTAL,
 )
 from .config import Settings
@@ -90,6 +93,7 @@ class PredictionRecord:
     site_id: str | None = None
     idempotency_key: str | None = None
     expires_at: datetime | None = None
+    stored: bool = True  # False: served while the predictions table was down, never recorded
 
     def forecast_dict(self) -> dict[str, Any]:
         return {"timestamps": self.timestamps, "p10": self.p10, "p50": self.p50, "p90": self.p90}
@@ -230,9 +234,13 @@ class PredictionService:
         request_digest: str | None = None,
     ) -> list[ItemOutcome]:
         """Forecast every input; per-item validation errors are returned, not raised.
-        All predictions of the request are written, or none (``DependencyUnavailableError``);
-        if the table fails mid-write and the undo fails too, ``PartialWriteError`` says so and a
-        retry with the same Idempotency-Key completes the request without duplicates.
+        All predictions of the request are written, or none. When none could be written (the
+        predictions table is down and nothing of the request is left in it), the forecasts are
+        still served, each marked ``stored=False`` with no id to quote (nothing is acknowledged
+        that was not stored); a request with an Idempotency-Key asked for a durable record and
+        gets ``DependencyUnavailableError`` instead. If the table fails mid-write and the undo
+        fails too, ``PartialWriteError`` says so and a retry with the same Idempotency-Key
+        completes the request without duplicates.
         Batches are batched all the way: one cache read (BatchGetItem), one model run, and
         writes of 25 items a call."""
         self.refresh_models()
@@ -268,7 +276,14 @@ class PredictionService:
                 records.append(rec)
                 outcomes.append(ItemOutcome(i, record=rec))
             if records:
-                self._save(records, fresh, now)
+                try:
+                    self._save(records, fresh, now)
+                except DependencyUnavailableError:
+                    if claim is not None:
+                        raise
+                    for rec in records:
+                        rec.stored = False
+                    metrics.add_metric(name=PREDICTIONS_NOT_STORED_TOTAL, unit="Count", value=len(records))
                 metrics.add_metric(name=PREDICTIONS_TOTAL, unit="Count", value=len(records))
         except BaseException as exc:
             if claim is not None:

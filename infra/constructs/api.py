@@ -11,7 +11,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from smartgrid.catalog import API, API_ROUTES
+from smartgrid.catalog import API, API_ROUTES, PROBLEM_BASE, PROBLEM_JSON
 from smartgrid.config import env_var
 
 from ..settings import DeploySettings
@@ -36,6 +36,40 @@ ACCESS_LOG_FIELDS = {
     "integrationError": "$context.integration.error",
     "xrayTraceId": "$context.xrayTraceId",
 }
+
+# API Gateway's own rejections (before the function runs) as problem details, like the app's:
+# response type -> (status or None to keep the gateway's, problem code, title, detail). A detail
+# starting with "$" is a VTL expression that is already a quoted JSON string.
+GATEWAY_PROBLEMS: dict[str, tuple[int | None, str, str, str]] = {
+    "INVALID_API_KEY": (
+        403,
+        "invalid-api-key",
+        "Forbidden",
+        "missing or invalid API key: send it in the x-api-key header",
+    ),
+    "MISSING_AUTHENTICATION_TOKEN": (404, "not-found", "Not found", "no such route: check the method and the path"),
+    "THROTTLED": (429, "throttled", "Too many requests", "request rate above the limit: retry after a pause"),
+    "QUOTA_EXCEEDED": (429, "quota-exceeded", "Quota exceeded", "the API key's monthly request quota is used up"),
+    "BAD_REQUEST_BODY": (400, "bad-body", "Bad request", "$context.error.validationErrorString"),
+    "REQUEST_TOO_LARGE": (
+        413,
+        "payload-too-large",
+        "Payload too large",
+        "the request is larger than API Gateway accepts",
+    ),
+    "DEFAULT_4XX": (None, "bad-request", "Bad request", "$context.error.messageString"),
+    "DEFAULT_5XX": (None, "unavailable", "Service unavailable", "$context.error.messageString"),
+}
+RETRY_AFTER_S = {"THROTTLED": 1, "DEFAULT_5XX": 5}
+
+
+def gateway_problem(code: str, title: str, status: int | None, detail: str) -> str:
+    """The response template: a problem-details body with API Gateway's request id."""
+    body: dict[str, object] = {"type": PROBLEM_BASE + code, "title": title}
+    if status is not None:
+        body["status"] = status
+    body |= {"detail": "@detail@", "errors": [], "correlation_id": "$context.requestId"}
+    return json.dumps(body).replace('"@detail@"', detail if detail.startswith("$") else json.dumps(detail))
 
 
 class Api(Construct):
@@ -114,6 +148,17 @@ class Api(Construct):
                 request_models={"application/json": json_object} if route.json_body else None,
             )
         self.stage = self.rest_api.deployment_stage
+        for kind, (status, code, title, detail) in GATEWAY_PROBLEMS.items():
+            headers = {"Content-Type": f"'{PROBLEM_JSON}'"}
+            if kind in RETRY_AFTER_S:
+                headers["Retry-After"] = f"'{RETRY_AFTER_S[kind]}'"
+            self.rest_api.add_gateway_response(
+                f"Problem-{kind}",
+                type=apigw.ResponseType.of(kind),
+                status_code=None if status is None else str(status),
+                response_headers=headers,
+                templates={"application/json": gateway_problem(code, title, status, detail)},
+            )
         # API Gateway writes execution logs (errors) to a group it names; made here so that it
         # has the manual's 60-day retention instead of never expiring.
         logs.LogGroup(

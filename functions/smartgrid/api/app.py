@@ -26,7 +26,13 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..catalog import API_REQUEST_DURATION_SECONDS, API_REQUESTS_ERRORS_TOTAL, API_REQUESTS_TOTAL
+from ..catalog import (
+    API_REQUEST_DURATION_SECONDS,
+    API_REQUESTS_ERRORS_TOTAL,
+    API_REQUESTS_TOTAL,
+    PROBLEM_BASE,
+    PROBLEM_JSON,
+)
 from ..config import Settings, get_settings
 from ..errors import (
     MAX_PROBLEMS_SHOWN,
@@ -42,10 +48,6 @@ from ..observability import logger, metrics
 from ..registry import LOAD_FORECAST
 from ..service import ItemOutcome, PredictionRecord, PredictionService, SeriesInput, build_service, digest
 from . import schemas
-
-PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "https://smartgrid.dev/problems/"
-
 
 # ------------------------------------------------------------------------- problems
 CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
@@ -63,9 +65,10 @@ def _field_errors(exc: DataValidationError, base: str) -> list[dict[str, Any]]:
     out = []
     for p in exc.problems[:MAX_PROBLEMS_SHOWN]:
         field = p.field_name or ""
-        if p.rows and not field.endswith("]"):
-            name = {"timestamp": "timestamps", "load": "load", "temperature": "temperature"}.get(field, field)
-            field = f"{name or 'timestamps'}[{p.rows[0] - 1}]"
+        if not field.endswith("]"):  # the engine names a column; the body names the array
+            field = {"timestamp": "timestamps"}.get(field, field)
+            if p.rows:
+                field = f"{field or 'timestamps'}[{p.rows[0] - 1}]"
         if field == source:  # a problem with the whole part: name it once
             field = ""
         out.append(
@@ -377,7 +380,8 @@ def hash_key(key: str) -> str:
 # ------------------------------------------------------------------------- rendering
 def render_prediction(rec: PredictionRecord) -> dict[str, Any]:
     return {
-        "prediction_id": rec.prediction_id,
+        "prediction_id": rec.prediction_id if rec.stored else None,
+        "stored": rec.stored,
         "created_at": rec.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
         "site_id": rec.site_id,
         "model": rec.model,

@@ -17,8 +17,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 
+from ..catalog import PROBLEM_JSON
 from ..observability import logger, metrics, record_memory, tracer
-from .app import PROBLEM_JSON, create_app, problem
+from .app import create_app, problem
 
 app = create_app()
 

@@ -159,7 +159,13 @@ class ForecastStep(BaseModel):
 
 
 class Prediction(BaseModel):
-    prediction_id: str
+    prediction_id: str | None = Field(
+        description="null when the prediction was served but not stored (stored: false): no id to quote"
+    )
+    stored: bool = Field(
+        description="false when the predictions table was down: the forecast is served but not recorded, so "
+        "it cannot take actuals or appear in /predictions; send an Idempotency-Key to get a 503 instead"
+    )
     created_at: str
     site_id: str | None
     model: str
