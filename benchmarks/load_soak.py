@@ -84,11 +84,14 @@ from locust import constant, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
 
+from smartgrid.catalog import ALERTS
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "predict_single.json"
 RESULTS = ROOT / "benchmarks" / "results"
 API_KEY = "load-soak-key-not-a-secret"
-P99_LIMIT_MS = 500.0  # the operations manual's latency alarm (latency-p99-info)
+# the operations manual's latency alarm (latency-p99-info; its threshold is in ms)
+P99_LIMIT_MS = float(next(a.threshold for a in ALERTS if a.id == "latency-p99-info"))
 GROWTH_STEP = 1.05  # a step must beat the best so far by more than 5% to count as growth
 MEMORY_TOLERANCE_MIB = 2.0
 HOT_BODIES = 8
@@ -213,7 +216,8 @@ def user_class(wait: Any, start_spread_s: float = 0.0) -> type[ApiUser]:
 class Window:
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
-    samples: dict[str, list[float]] = field(default_factory=dict)  # name -> latencies (ms) of successes
+    # name -> latencies (ms) of every request, failures included: p50/p99 include failed requests
+    samples: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # name -> count
     error_kinds: dict[str, int] = field(default_factory=dict)
     hits: int = 0

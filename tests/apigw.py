@@ -134,3 +134,17 @@ class Client:
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Response:
         return self.request("POST", path, body, **kw)
+
+
+def app_client(settings: Any, service: Any, kind: str = "rest") -> Client:
+    """A Client for an app this test makes (``create_app(settings, service)``: other settings,
+    models or store than the module-level handler's), behind Mangum configured as in
+    smartgrid/api/handler.py."""
+    from mangum import Mangum
+    from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
+
+    from smartgrid.api.app import create_app
+    from smartgrid.catalog import PROBLEM_JSON
+
+    types = [*DEFAULT_TEXT_MIME_TYPES, PROBLEM_JSON]
+    return Client(Mangum(create_app(settings, service), lifespan="off", text_mime_types=types), kind)

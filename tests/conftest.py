@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,22 +118,49 @@ def aws():
         yield
 
 
+def reset_service(svc: Any) -> None:
+    """A long-lived app's service as a fresh container has it: the real clock, and nothing of
+    an earlier test's in-memory cache tier (it outlives a test's moto tables) or cache outage."""
+    from smartgrid.service import utcnow
+
+    svc.clock = utcnow
+    svc._memory.clear()
+    svc._cache_down_until = 0.0
+
+
 @pytest.fixture
 def lambda_handler(aws):
     """The real Lambda entry point (module-level app, models loaded once per process)."""
     from smartgrid.api import handler as module
-    from smartgrid.service import utcnow
 
-    svc = module.app.state.service
-    svc.clock = utcnow
-    svc._memory.clear()  # the container's in-memory cache tier outlives a test's moto tables
-    svc._cache_down_until = 0.0  # and so would a cache outage seen by an earlier test
+    reset_service(module.app.state.service)
     return module.handler
 
 
 @pytest.fixture
 def example_body() -> dict:
     return json.loads(EXAMPLE.read_text())
+
+
+def vary(body: dict, k: float) -> dict:
+    """Same shape, other numbers: another forecast (a cache miss)."""
+    b = copy.deepcopy(body)
+    b["history"]["load"][-1] = round(b["history"]["load"][-1] * (1 + k), 3)
+    return b
+
+
+# ------------------------------------------------------------------ uv (for other projects' locks and tools)
+def uv_command(*args: str) -> list[str]:
+    """``uv *args``: the uv that runs these tests (``uv run`` names itself in UV), else the one on PATH."""
+    uv = os.environ.get("UV") or shutil.which("uv")
+    assert uv, "uv is needed (to export the locks, to run checkov from tools/scanners)"
+    return [uv, *args]
+
+
+def uv_env() -> dict[str, str]:
+    """This environment without VIRTUAL_ENV (this test run's venv): uv then uses the project it
+    is given (--project) with that project's own environment."""
+    return {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
 
 
 # ------------------------------------------------------------------ Lambda layers

@@ -426,10 +426,8 @@ class AwsFaults:
             return response
 
         if rule is None:
-            if self.serialize:
-                with self._moto_lock:
-                    return _ORIGINAL_CALL(stubber, event_name, request, **kwargs)
-            return _ORIGINAL_CALL(stubber, event_name, request, **kwargs)
+            with self._moto_lock if self.serialize else contextlib.nullcontext():
+                return _ORIGINAL_CALL(stubber, event_name, request, **kwargs)
         return rule.fault.apply(call, request, passthrough)
 
     def __enter__(self) -> AwsFaults:

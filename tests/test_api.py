@@ -13,7 +13,8 @@ import pytest
 
 from smartgrid.store.tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem
 
-from .apigw import Client
+from .apigw import Client, app_client
+from .conftest import vary
 from .emf import values
 
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -21,13 +22,6 @@ ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 def stored(user: str) -> list[PredictionItem]:
     return list(PredictionItem.query(user))
-
-
-def vary(body: dict, k: float) -> dict:
-    """Same shape, different numbers (a cache miss)."""
-    b = copy.deepcopy(body)
-    b["history"]["load"][-1] = round(b["history"]["load"][-1] * (1 + k), 3)
-    return b
 
 
 def days(body: dict, n: int) -> dict:
@@ -100,9 +94,6 @@ def test_health_critical_when_predictions_table_down(rest):
 
 
 def test_health_critical_without_models_and_bounded_by_timeout(aws, tmp_path):
-    from mangum import Mangum
-
-    from smartgrid.api.app import create_app
     from smartgrid.config import get_settings
     from smartgrid.forecast import ModelSet
     from smartgrid.service import PredictionService
@@ -110,7 +101,7 @@ def test_health_critical_without_models_and_bounded_by_timeout(aws, tmp_path):
     settings = get_settings()
     empty = ModelSet.load(tmp_path)  # no model files: all three fail to load
     svc = PredictionService(settings, empty, _store(settings))
-    c = Client(Mangum(create_app(settings, svc), lifespan="off", text_mime_types=["application/problem+json"]))
+    c = app_client(settings, svc)
     r = c.get("/health", user=None)
     assert r.status == 503
     assert r.json()["status"] == "critical" and r.json()["models_loaded"] == 0
@@ -434,9 +425,17 @@ def test_predictions_table_outage_fails_cleanly(rest, example_body, monkeypatch)
 
     monkeypatch.setattr(DynamoStore, "save_predictions", boom)
     r = rest.post("/predict/batch", {"requests": [example_body, days(example_body, 3)]})
+    assert r.status == 200, r.text  # the forecasts are still served ...
+    served = [x["prediction"] for x in r.json()["results"]]
+    assert len(served) == 2 and all(p["stored"] is False and p["prediction_id"] is None for p in served)
+    assert all(len(p["forecast"]) == 24 for p in served)
+    assert stored("alice") == []  # ... the partial write was undone, and no id was handed out
+    r = rest.post("/predict/single", vary(example_body, 0.01))
+    assert r.status == 200 and r.json()["stored"] is False and r.json()["prediction_id"] is None
+    # a client that asked for a durable record (an Idempotency-Key) gets a 503 to retry
+    r = rest.post("/predict/single", vary(example_body, 0.01), headers={"Idempotency-Key": "k0"})
     assert r.status == 503 and r.headers["retry-after"]
     assert "nothing was saved" in r.json()["detail"]
-    assert stored("alice") == []  # the partial write was undone
     monkeypatch.undo()
 
     PredictionItem.delete_table()
@@ -743,9 +742,6 @@ def test_undecodable_base64_body(lambda_handler):
 
 
 def test_missing_fallback_model_fails_only_the_items_that_need_it(aws, example_body):
-    from mangum import Mangum
-
-    from smartgrid.api.app import create_app
     from smartgrid.config import get_settings
     from smartgrid.forecast import ModelSet
     from smartgrid.service import PredictionService
@@ -754,7 +750,7 @@ def test_missing_fallback_model_fails_only_the_items_that_need_it(aws, example_b
     models = ModelSet.load(settings.model_dir)
     models.models.pop("baseline_forecast")
     svc = PredictionService(settings, models, _store(settings))
-    c = Client(Mangum(create_app(settings, svc), lifespan="off", text_mime_types=["application/problem+json"]))
+    c = app_client(settings, svc)
     out = c.post("/predict/batch", {"requests": [example_body, days(example_body, 3)]}).json()
     assert out["results"][0]["prediction"]["model_kind"] == "primary"
     assert out["results"][1]["error"]["status"] == 503 and "baseline_forecast" in out["results"][1]["error"]["detail"]
@@ -778,9 +774,6 @@ def test_a_failed_attempt_that_stored_nothing_frees_its_key(rest, example_body, 
 
 
 def test_a_missing_model_is_not_replayed(aws, example_body):
-    from mangum import Mangum
-
-    from smartgrid.api.app import create_app
     from smartgrid.config import get_settings
     from smartgrid.forecast import ModelSet
     from smartgrid.service import PredictionService
@@ -789,7 +782,7 @@ def test_a_missing_model_is_not_replayed(aws, example_body):
     models = ModelSet.load(settings.model_dir)
     baseline = models.models.pop("baseline_forecast")
     svc = PredictionService(settings, models, _store(settings))
-    c = Client(Mangum(create_app(settings, svc), lifespan="off", text_mime_types=["application/problem+json"]))
+    c = app_client(settings, svc)
     hdr = {"Idempotency-Key": "short-1"}
     assert c.post("/predict/single", days(example_body, 3), headers=hdr).status == 503
     models.models["baseline_forecast"] = baseline  # the model is back

@@ -46,10 +46,12 @@ from typing import Any
 
 import pytest
 
+from smartgrid.catalog import PROBLEM_JSON
 from smartgrid.config import BUNDLED_MODEL_DIR
 from smartgrid.registry import BASELINE_FORECAST, LOAD_FORECAST
 
-from .apigw import Client
+from .apigw import Client, app_client
+from .conftest import vary
 from .faults import (
     DYNAMODB_INTERNAL,
     DYNAMODB_UNAVAILABLE,
@@ -69,20 +71,12 @@ from .faults import (
 )
 
 ROOT = Path(__file__).parent.parent
-PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
 def faults():
     with AwsFaults() as f:
         yield f
-
-
-def vary(body: dict, k: float) -> dict:
-    """Same shape, other numbers: another forecast (a cache miss)."""
-    b = copy.deepcopy(body)
-    b["history"]["load"][-1] = round(b["history"]["load"][-1] * (1 + k), 3)
-    return b
 
 
 def stored_ids(user: str = "alice") -> set[str]:
@@ -101,18 +95,10 @@ def ids_of(r: Any) -> list[str]:
 def is_503(r: Any) -> bool:
     return (
         r.status == 503
-        and r.headers["content-type"].startswith(PROBLEM)
+        and r.headers["content-type"].startswith(PROBLEM_JSON)
         and int(r.headers["retry-after"]) > 0
         and r.json()["type"].endswith("dependency-unavailable")
     )
-
-
-def mangum(settings: Any, svc: Any) -> Client:
-    from mangum import Mangum
-
-    from smartgrid.api.app import create_app
-
-    return Client(Mangum(create_app(settings, svc), lifespan="off", text_mime_types=[PROBLEM]))
 
 
 # ============================================================ 1, 2: DynamoDB down, slow, throttled
@@ -139,14 +125,22 @@ def tables():
 @pytest.mark.parametrize(
     "fault", [REFUSED, TIMEOUT, DYNAMODB_INTERNAL, THROUGHPUT_EXCEEDED], ids=lambda f: f.name.replace(" ", "-")
 )
-def test_predictions_table_down_is_503_critical_and_nothing_is_stored(api, example_body, faults, tables, fault):
+def test_predictions_table_down_serves_unstored_is_critical_and_stores_nothing(
+    api, example_body, faults, tables, fault
+):
+    """Forecasts are still served, marked not stored and without an id (nothing acknowledged
+    that was not stored); a client that sent an Idempotency-Key asked for a durable record and
+    gets a 503 to retry."""
     predictions, _, _ = tables
     rule = faults.dynamodb(fault, predictions)
     single = api.post("/predict/single", example_body)
     batch = api.post("/predict/batch", {"requests": [vary(example_body, 0.1), vary(example_body, 0.2)]})
     keyed = api.post("/predict/single", vary(example_body, 0.3), headers={"Idempotency-Key": "k-1"})
-    for r in (single, batch, keyed):
-        assert is_503(r), r.text
+    assert is_503(keyed), keyed.text
+    served = [single.json()] + [x["prediction"] for x in batch.json()["results"]]
+    assert single.status == batch.status == 200 and len(served) == 3
+    for p in served:
+        assert p["stored"] is False and p["prediction_id"] is None and len(p["forecast"]) == 24
     health = api.get("/health", user=None)
     assert health.status == 503
     assert health.json()["status"] == "critical" and health.json()["database"] == "disconnected"
@@ -182,12 +176,16 @@ def test_a_batch_that_fails_midway_is_undone(api, example_body, faults, tables, 
     """30 items: 60 writes (with their cache entries) in three BatchWriteItem calls. The first
     (25 predictions) is stored, the rest fail (``response-lost``: DynamoDB stores them, the
     answers never come back), and so does the write of the predictions alone that follows. The
-    request undoes what it wrote: 503, and nothing is left half-written."""
+    request undoes what it wrote and serves the forecasts marked not stored (with an
+    Idempotency-Key: 503); nothing is left half-written."""
     body = {"requests": [vary(example_body, 0.01 * i) for i in range(30)]}
     rule = faults.add(fault, "dynamodb", where=_puts, after=1)
     r = api.post("/predict/batch", body)
     assert rule.injected > 0
-    assert is_503(r) and "nothing was saved" in r.json()["detail"], r.text
+    assert r.status == 200 and r.json()["succeeded"] == 30, r.text  # served, marked not stored
+    assert all(x["prediction"]["stored"] is False for x in r.json()["results"])
+    keyed = api.post("/predict/batch", body, headers={"Idempotency-Key": "b-1"})
+    assert is_503(keyed) and "nothing was saved" in keyed.json()["detail"], keyed.text
     faults.clear()
     assert stored_ids() == set()
 
@@ -249,11 +247,14 @@ def test_a_flaky_predictions_table_never_acknowledges_what_it_did_not_store(api,
 def test_throttling_that_the_retries_absorb_is_invisible(api, example_body, faults, tables, service):
     predictions, cache, idempotency = tables
     faults.dynamodb(THROUGHPUT_EXCEEDED, predictions, operations={"BatchWriteItem"}, times=2)
-    faults.dynamodb(THROTTLING, cache, operations={"GetItem"}, times=1)
-    faults.dynamodb(THROUGHPUT_EXCEEDED, idempotency, operations={"PutItem"}, times=2)
+    cache_read = faults.dynamodb(THROTTLING, cache, operations={"GetItem"}, times=1)
+    claim = faults.dynamodb(THROUGHPUT_EXCEEDED, idempotency, operations={"PutItem"}, times=2)
     r = api.post("/predict/single", example_body, headers={"Idempotency-Key": "t-1"})
     assert r.status == 200, r.text
     assert stored_ids() == set(ids_of(r))
+    # each throttled call was retried until it went through: the cache read once, the key's claim twice
+    assert (cache_read.injected, cache_read.matched) == (1, 2)
+    assert (claim.injected, claim.matched) == (2, 3)
     attempts = [c.operation for c in faults.calls("dynamodb", table=predictions)]
     assert attempts.count("BatchWriteItem") == 3  # two throttled, the third stored
     # BatchWriteItem throttled item by item: its items come back unprocessed twice, then go in
@@ -300,7 +301,7 @@ def registry(registry_settings):
     settings = registry_settings
     a = reg.publish(settings, BUNDLED_MODEL_DIR).info.set_id
     svc = build_service(settings)
-    return settings, mangum(settings, svc), a
+    return settings, app_client(settings, svc), a
 
 
 @pytest.mark.parametrize("fault", [SLOW_DOWN, S3_INTERNAL, TIMEOUT], ids=lambda f: f.name.replace(" ", "-"))
@@ -337,7 +338,7 @@ def test_a_container_without_models_is_critical_until_s3_answers(registry_settin
     a = reg.publish(registry_settings, BUNDLED_MODEL_DIR).info.set_id
     (tmp_path / "no-models").mkdir()
     settings = registry_settings.model_copy(update={"model_dir": tmp_path / "no-models"})
-    api = mangum(settings, build_service(settings))  # no bundled models in this container
+    api = app_client(settings, build_service(settings))  # no bundled models in this container
 
     faults.s3(REFUSED, settings.models_bucket)
     health = api.get("/health", user=None)
@@ -419,7 +420,7 @@ def test_a_damaged_model_file_on_disk_is_refused_and_the_fallback_serves(aws, ex
         meta["sha256"] = hashlib.sha256(onnx.read_bytes()).hexdigest()
         (bad / "load_forecast.json").write_text(json.dumps(meta))
     settings = get_settings().model_copy(update={"model_dir": bad})
-    api = mangum(settings, build_service(settings))
+    api = app_client(settings, build_service(settings))
     r = api.post("/predict/single", example_body)
     assert r.status == 200, r.text
     p = r.json()
@@ -460,13 +461,9 @@ def moto_server(monkeypatch, tmp_path):
 
 
 def _start(*args: str) -> subprocess.Popen:
-    """The ``smartgrid`` command, as an operator or the job runs it. (Not ``python -m
-    smartgrid.cli``: run as ``__main__``, cli.py registers the jobs' commands on another copy
-    of its app, so ``backup`` and ``models`` are unknown there.)"""
-    script = Path(sys.executable).with_name("smartgrid")
-    command = [str(script)] if script.is_file() else [sys.executable, "-c", "from smartgrid.cli import app; app()"]
+    """The ``smartgrid`` command (``python -m smartgrid.cli``), as an operator or the job runs it."""
     return subprocess.Popen(
-        [*command, *args],
+        [sys.executable, "-m", "smartgrid.cli", *args],
         cwd=ROOT,
         env=dict(os.environ),  # AWS_ENDPOINT_URL and the SMARTGRID_* settings of this test
         stdout=subprocess.PIPE,
@@ -515,7 +512,7 @@ def test_jobs_killed_midway_leave_no_half_state_for_readers(moto_server, example
     settings = get_settings()
     a = reg.publish(settings, BUNDLED_MODEL_DIR, reason="first deploy").info.set_id
     champion_before = reg.read_champion(settings)
-    api = mangum(settings, build_service(settings))
+    api = app_client(settings, build_service(settings))
     first = api.post("/predict/single", example_body)
     assert first.status == 200 and first.json()["model_version"] == a
     complete = run_backup(settings).backup_id
@@ -557,7 +554,7 @@ def test_jobs_killed_midway_leave_no_half_state_for_readers(moto_server, example
     assert [reg.read_decision(settings, k)["reason"] for k in reg.list_decisions(settings)] == ["first deploy"]
     r = api.post("/predict/single", vary(example_body, 0.1))
     assert r.status == 200 and r.json()["model_version"] == a  # the running API still serves a ...
-    fresh = mangum(settings, build_service(settings))  # ... and so does a container started now
+    fresh = app_client(settings, build_service(settings))  # ... and so does a container started now
     assert fresh.post("/predict/single", vary(example_body, 0.2)).json()["model_version"] == a
     assert fresh.get("/models").json()["set_id"] == a
 
@@ -687,7 +684,7 @@ def test_readings_from_the_future_are_refused_naming_the_field(api, example_body
 
     monkeypatch.setattr(service, "clock", lambda: last - timedelta(minutes=20))  # the last reading: 20 min ahead
     r = api.post("/predict/single", example_body)
-    assert r.status == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.status == 422 and r.headers["content-type"].startswith(PROBLEM_JSON), r.text
     (err,) = r.json()["errors"]
     assert err["field"] == "history.timestamps[671]" and err["code"] == "future_timestamp"
     assert "1200 s ahead of the server clock 2006-05-30T22:40:00Z" in err["message"]

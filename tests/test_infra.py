@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from smartgrid import catalog
 from smartgrid.catalog import ALERTS, ESCALATION, SCHEDULES, Level
 from smartgrid.config import env_var
 from smartgrid.store.tables import table_shapes
+
+from .conftest import uv_command, uv_env
 
 pytestmark = pytest.mark.xdist_group("layers")  # the layers are built once, in one worker
 
@@ -172,14 +175,11 @@ def test_cdk_cli_synth_offline_with_nag_cfn_lint_and_checkov_clean(built_layers,
 
 def checkov(directory: Path) -> dict[str, Any]:
     """checkov 3.3 (its own lock in tools/scanners) on every template in ``directory``, offline."""
-    uv = os.environ.get("UV") or shutil.which("uv")  # `uv run` names itself in UV
-    assert uv, "uv is needed to run checkov from tools/scanners"
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     scanners = ["run", "--frozen", "--project", str(ROOT / "tools" / "scanners")]
     options = ["--directory", str(directory), "--framework", "cloudformation", "--skip-download", "--output", "json"]
     run = subprocess.run(
-        [uv, *scanners, "checkov", *options],
-        env=env,
+        uv_command(*scanners, "checkov", *options),
+        env=uv_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -588,6 +588,27 @@ def test_every_route_but_health_needs_an_api_key(template):
         m["RequestModels"] == {"application/json": {"Ref": m["RequestModels"]["application/json"]["Ref"]}}
         for m in posts
     )
+
+
+def test_api_gateways_own_rejections_are_problem_details(template):
+    """A missing key, throttling, a quota, a bad body: API Gateway answers before the function
+    runs, and says so in the same problem-details shape as the app."""
+    responses = {p["ResponseType"]: p for p in props(template, "AWS::ApiGateway::GatewayResponse")}
+    for kind in ("INVALID_API_KEY", "THROTTLED", "QUOTA_EXCEEDED", "BAD_REQUEST_BODY", "DEFAULT_4XX", "DEFAULT_5XX"):
+        r = responses[kind]
+        assert r["ResponseParameters"]["gatewayresponse.header.Content-Type"] == f"'{catalog.PROBLEM_JSON}'"
+        # the template with API Gateway's variables filled in, as it would send it
+        text = r["ResponseTemplates"]["application/json"]
+        text = re.sub(r"\$context\.error\.\w+String", '"what API Gateway says"', text)
+        body = json.loads(text.replace("$context.requestId", "req-1"))
+        assert body["type"].startswith(catalog.PROBLEM_BASE) and body["title"] and body["detail"]
+        assert body["correlation_id"] == "req-1"
+        if "StatusCode" in r:
+            assert body["status"] == int(r["StatusCode"])
+    assert responses["INVALID_API_KEY"]["StatusCode"] == "403"
+    assert "x-api-key" in responses["INVALID_API_KEY"]["ResponseTemplates"]["application/json"]
+    assert responses["THROTTLED"]["StatusCode"] == "429"
+    assert responses["THROTTLED"]["ResponseParameters"]["gatewayresponse.header.Retry-After"] == "'1'"
 
 
 def test_api_routes_in_the_catalog_are_the_apps_routes():

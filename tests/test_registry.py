@@ -19,7 +19,7 @@ from smartgrid.errors import ConflictError, DependencyUnavailableError, ModelInt
 from smartgrid.registry import BASELINE_FORECAST, MODEL_NAMES, ModelMetadata, read_model_bytes, save_model
 from smartgrid.store import registry_store
 
-from .apigw import Client
+from .apigw import app_client
 
 runner = CliRunner()
 
@@ -219,14 +219,10 @@ def test_cli_errors_exit_codes(settings, tmp_path):
 # ------------------------------------------------------------------------- live pickup
 @pytest.fixture
 def api(settings):
-    from mangum import Mangum
-
-    from smartgrid.api.app import create_app
     from smartgrid.service import build_service
 
     svc = build_service(settings)
-    client = Client(Mangum(create_app(settings, svc), lifespan="off", text_mime_types=["application/problem+json"]))
-    return client, svc
+    return app_client(settings, svc), svc
 
 
 def test_without_a_champion_the_bundled_models_serve(api, example_body):
@@ -239,13 +235,9 @@ def test_without_a_champion_the_bundled_models_serve(api, example_body):
 
 def test_a_running_api_picks_up_a_promoted_set(settings, tmp_path, example_body):
     a = reg.publish(settings, BUNDLED_MODEL_DIR).info.set_id
-    from mangum import Mangum
-
-    from smartgrid.api.app import create_app
     from smartgrid.service import build_service
 
-    svc = build_service(settings)  # the champion exists: the first request serves it
-    client = Client(Mangum(create_app(settings, svc), lifespan="off", text_mime_types=["application/problem+json"]))
+    client = app_client(settings, build_service(settings))  # the champion exists: the first request serves it
     r = client.post("/predict/single", example_body)
     assert r.status == 200 and r.json()["model_version"] == a
     assert client.get("/models").json()["set_id"] == a

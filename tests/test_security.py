@@ -9,9 +9,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from smartgrid.catalog import PROBLEM_JSON
 from smartgrid.store.tables import ActualsItem, PredictionItem
 
 from .apigw import Client, rest_event
-from .conftest import API_KEYS
+from .conftest import API_KEYS, uv_command, uv_env
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -33,12 +33,6 @@ BIN = Path(sys.executable).parent
 ACCEPTED_VULNERABILITIES: dict[str, str] = {}
 
 
-def _uv() -> str:
-    uv = os.environ.get("UV") or shutil.which("uv")  # `uv run` names itself in UV
-    assert uv, "uv is needed to export the lock files"
-    return uv
-
-
 def _locked_requirements(tmp_path: Path) -> list[Path]:
     """Every package of uv.lock (runtime, extras, dev groups) and of checkov's own lock."""
     out = []
@@ -46,10 +40,10 @@ def _locked_requirements(tmp_path: Path) -> list[Path]:
         path = tmp_path / f"{name}-requirements.txt"
         where = ["--project", str(project), "--output-file", str(path)]
         subprocess.run(
-            [_uv(), "export", "--frozen", "--all-extras", "--all-groups", "--no-emit-project", "--quiet", *where],
+            uv_command("export", "--frozen", "--all-extras", "--all-groups", "--no-emit-project", "--quiet", *where),
             check=True,
             timeout=120,
-            env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+            env=uv_env(),
         )
         out.append(path)
     return out
@@ -90,6 +84,7 @@ NOT_SECRETS = {
     r'"sha256": "[0-9a-f]{64}"': "content checksums of the bundled models and of benchmark inputs",
     r'(?i)aws_secret_access_key"?\s*[=:]\s*"(testing|local|bench)"': "moto's dummy credentials for the emulator",
     r'API_KEY = "[a-z-]+-not-a-secret"': "the benchmarks' keys for their own throwaway local servers",
+    r'"git_commit": "[0-9a-f]{40}': "the commit a benchmark result was measured at",
 }
 BINARY = (".onnx", ".gz", ".png", ".zip", ".parquet")
 
@@ -186,21 +181,28 @@ def _operations() -> list[tuple[str, str]]:
 
 
 def test_every_route_but_health_refuses_a_missing_or_wrong_key(lambda_handler):
+    """A missing key, or an empty one, is a 401 (no credentials); any other key that is not a
+    user's is a 403, the digest the server stores for bob included."""
     client = Client(lambda_handler, "rest")
     ops = _operations()
     assert ("GET", "/health") in ops and len(ops) >= 8  # the app's own routes, not a list kept here
-    another_users_digest = "bob-key-0123456789".replace("bob", "eve")  # well-formed, not a key
+    bobs_stored_digest = hashlib.sha256(API_KEYS["bob"].encode()).hexdigest()  # as in SMARTGRID_API_KEYS
+    wrong = ("not-a-key", bobs_stored_digest, API_KEYS["alice"].upper(), API_KEYS["alice"] + " ", WRONG_KEY)
     for method, path in ops:
         body = {} if method == "POST" else None
         if path == "/health":
             assert client.request(method, path, body, user=None).status == 200
+            assert client.request(method, path, body, user=None, headers={"x-api-key": WRONG_KEY}).status == 200
             continue
-        missing = client.request(method, path, body, user=None)
-        assert missing.status == 401, (method, path, missing.text)
-        assert missing.headers["content-type"] == "application/problem+json"
-        for bad in ("", "not-a-key", another_users_digest, API_KEYS["alice"].upper(), API_KEYS["alice"] + " "):
+        for sent in (None, ""):  # no header, an empty header
+            headers = None if sent is None else {"x-api-key": sent}
+            r = client.request(method, path, body, user=None, headers=headers)
+            assert r.status == 401, (method, path, repr(sent), r.status, r.text)
+            assert r.headers["content-type"] == PROBLEM_JSON, (method, path, repr(sent))
+        for bad in wrong:
             r = client.request(method, path, body, user=None, headers={"x-api-key": bad})
-            assert r.status in (401, 403), (method, path, repr(bad), r.status)
+            assert r.status == 403, (method, path, repr(bad), r.status, r.text)
+            assert r.headers["content-type"] == PROBLEM_JSON, (method, path, repr(bad))
     assert list(PredictionItem.scan()) == []
 
 
@@ -213,7 +215,7 @@ def test_one_client_cannot_read_or_write_anothers_predictions(lambda_handler, ex
     # bob's list has none of alice's, and asking for hers by user_id is refused
     assert client.get("/predictions", user="bob").json()["items"] == []
     r = client.get("/predictions", user="bob", query={"user_id": "alice"})
-    assert r.status == 403 and r.headers["content-type"] == "application/problem+json"
+    assert r.status == 403 and r.headers["content-type"] == PROBLEM_JSON
     # bob cannot attach actuals to alice's prediction: it does not exist for him
     steps = [s["timestamp"] for s in made.json()["forecast"][:3]]
     r = client.post("/actuals", {"prediction_id": pid, "timestamps": steps, "load": [1.0, 2.0, 3.0]}, user="bob")
