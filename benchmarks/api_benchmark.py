@@ -38,7 +38,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -50,9 +49,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from machine_facts import cpu_model, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ROOT / "benchmarks" / "baselines"
@@ -723,24 +723,6 @@ def run_child(kind: str, cfg: dict[str, Any], env: dict[str, str], tmp: Path) ->
     return result
 
 
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSIONS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    except OSError:
-        return None
-
-
 def goals(cold: dict[str, Any], single: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
     s = single["single"]["product_cpu"]
     m = single["memory"]
@@ -821,7 +803,7 @@ def main() -> int:
             "cpu_model": cpu_model(),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
-        "versions": versions(),
+        "versions": versions(VERSIONS),
         "options": opts,
         "conditions": {
             "cpu_clock": "time.process_time (CPU of the measured process; the moto server's CPU is not counted)",

@@ -73,7 +73,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +82,7 @@ import psutil
 from locust import constant, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
+from machine_facts import cpu_model, versions
 
 from smartgrid.catalog import ALERTS
 
@@ -672,26 +672,10 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSIONS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def machine() -> dict[str, Any]:
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    except OSError:
-        pass
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "memory_total_mib": round(psutil.virtual_memory().total / 2**20),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
@@ -750,7 +734,7 @@ def main() -> int:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_commit": git_commit(),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions(VERSIONS),
         "options": opts,
     }
     with tempfile.TemporaryDirectory(prefix="load-soak-") as tmpdir, servers(Path(tmpdir)) as srv:

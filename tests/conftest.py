@@ -244,3 +244,25 @@ def registry_settings(aws, tmp_path, monkeypatch):
     yield s
     get_settings.cache_clear()
     reset_clients()
+
+
+# ------------------------------------------------------------------ a served API over HTTP
+def serve_env() -> dict[str, str]:
+    """The caller's environment without the tests' AWS/SMARTGRID settings (serve sets its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SMARTGRID_", "AWS_"))}
+
+
+def http_call(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, dict]:
+    """GET (or POST ``body``) over real HTTP; the status and the JSON body, errors included."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    req.add_header("content-type", "application/json")
+    if key:
+        req.add_header("x-api-key", key)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

@@ -39,7 +39,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,7 @@ from .faults import (
     Truncated,
     Unprocessed,
 )
+from .test_ingestion import put
 
 ROOT = Path(__file__).parent.parent
 
@@ -572,23 +572,6 @@ def _meter_csv(series: Any, lo_day: int, hi_day: int, spike_at: int | None = Non
     return ("\n".join(lines) + "\n").encode()
 
 
-def _event(bucket: str, key: str, body: bytes) -> dict:
-    import boto3
-
-    etag = boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body)["ETag"].strip('"')
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Object Created",
-        "source": "aws.s3",
-        "account": "123456789012",
-        "time": "2026-11-28T10:00:00Z",
-        "region": "us-east-1",
-        "resources": [f"arn:aws:s3:::{bucket}"],
-        "detail": {"bucket": {"name": bucket}, "object": {"key": key, "size": len(body), "etag": etag}},
-    }
-
-
 def test_the_same_event_delivered_twice_at_once_is_processed_once(stack_with_inbox, gefcom):
     import boto3
 
@@ -605,7 +588,7 @@ def test_the_same_event_delivered_twice_at_once_is_processed_once(stack_with_inb
         "alice", [SeriesInput(iso_all(history.timestamps), history.load.tolist(), site_id="zone-1")]
     )
     assert made.record is not None
-    event = _event(env.bucket, "incoming/alice/zone-1/week.csv", _meter_csv(gefcom, 132, 140, spike_at=3 * 24 + 10))
+    event = put(env, "incoming/alice/zone-1/week.csv", _meter_csv(gefcom, 132, 140, spike_at=3 * 24 + 10))
 
     # two invocations of one event (EventBridge delivers at least once), both in flight at once:
     # each claim's conditional write takes 0.3 s, so neither has finished when the other starts
@@ -725,7 +708,7 @@ def test_a_meter_file_from_the_future_is_rejected_naming_the_rows(stack_with_inb
     last = datetime(2006, 5, 14, 23, tzinfo=UTC)
     monkeypatch.setattr(ingestor, "clock", lambda: last - timedelta(hours=2, minutes=30))  # rows 46-48 ahead
     key = "incoming/alice/zone-1/skewed.csv"
-    out = ingestor.ingest(meter_object(_event(env.bucket, key, body)))
+    out = ingestor.ingest(meter_object(put(env, key, body)))
     assert out.status == "rejected"
     (problem,) = out.problems
     assert problem.code == "future_timestamp" and problem.rows == (46, 47, 48)
@@ -735,5 +718,5 @@ def test_a_meter_file_from_the_future_is_rejected_naming_the_rows(stack_with_inb
     assert report["problems"][0]["rows"] == [46, 47, 48] and report["problems"][0]["code"] == "future_timestamp"
 
     monkeypatch.setattr(ingestor, "clock", lambda: last - timedelta(minutes=10))  # within the tolerance
-    again = ingestor.ingest(meter_object(_event(env.bucket, "incoming/alice/zone-1/fine.csv.gz", gzip.compress(body))))
+    again = ingestor.ingest(meter_object(put(env, "incoming/alice/zone-1/fine.csv.gz", gzip.compress(body))))
     assert again.status == "accepted" and again.readings == 48

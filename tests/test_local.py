@@ -3,8 +3,6 @@ moto server (every AWS client through AWS_ENDPOINT_URL) and answers real HTTP.""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -14,24 +12,15 @@ from pathlib import Path
 
 from smartgrid.local import free_port
 
+from .conftest import http_call as _call
+from .conftest import serve_env
+
 ROOT = Path(__file__).parent.parent
-
-
-def _call(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
-    req.add_header("content-type", "application/json")
-    if key:
-        req.add_header("x-api-key", key)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_serve_runs_the_api_on_an_embedded_emulator():
     port, key = free_port(), "local-test-key-123"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMARTGRID_", "AWS_"))}
+    env = serve_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "smartgrid.cli", "serve", "--port", str(port), "--api-key", key],
         cwd=ROOT,

@@ -5,7 +5,6 @@ buckets are provisioned there and the predictions are written there."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,24 +18,10 @@ from moto.server import ThreadedMotoServer
 
 from smartgrid.local import free_port
 
+from .conftest import http_call as _call
+from .conftest import serve_env
+
 ROOT = Path(__file__).parent.parent
-
-
-def _env() -> dict[str, str]:
-    """The caller's environment without the tests' AWS/SMARTGRID settings (serve sets its own)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("SMARTGRID_", "AWS_"))}
-
-
-def _call(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
-    req.add_header("content-type", "application/json")
-    if key:
-        req.add_header("x-api-key", key)
-    try:
-        with urllib.request.urlopen(req, timeout=20) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 @pytest.fixture
@@ -56,7 +41,7 @@ def test_serve_uses_an_external_emulator(external_moto):
     proc = subprocess.Popen(
         [*serve, "--aws-endpoint", external_moto],
         cwd=ROOT,
-        env=_env(),
+        env=serve_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -104,7 +89,7 @@ def test_serve_says_when_nothing_answers_at_the_endpoint():
     res = subprocess.run(
         [sys.executable, "-m", "smartgrid.cli", "serve", "--port", str(free_port()), "--aws-endpoint", dead],
         cwd=ROOT,
-        env=_env(),
+        env=serve_env(),
         capture_output=True,
         text=True,
         timeout=25,
