@@ -52,11 +52,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from example_bodies import EXAMPLE, ExampleTemplate
 from machine_facts import cpu_model, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ROOT / "benchmarks" / "baselines"
-EXAMPLE = ROOT / "examples" / "predict_single.json"
 RESULTS = ROOT / "benchmarks" / "results" / "api.json"
 API_KEY = "bench-api-key-not-a-secret"
 USER = "bench-user"
@@ -64,7 +64,6 @@ PLAIN_TABLE = "bench-plain-predictions"
 PRIMARY = "load_forecast"
 BATCH_START = "2006-05-03T00:00:00Z"
 BATCH_DAYS = 15
-SENTINEL = 987654321.125  # stands for the varied last load when building bodies by string
 MEMORY_TOLERANCE_KIB = 2048
 VERSIONS: tuple[str, ...] = (
     *("onnxruntime", "numpy", "fastapi", "starlette", "pydantic", "mangum", "aws-lambda-powertools"),
@@ -163,19 +162,11 @@ def api_event(path: str, body: str, request_id: str) -> dict[str, Any]:
     }
 
 
-class SingleBodies:
+class SingleBodies(ExampleTemplate):
     """examples/predict_single.json with its last load changed per request (distinct cache keys)."""
 
-    def __init__(self) -> None:
-        body = json.loads(EXAMPLE.read_text())
-        load = body["history"]["load"]
-        self.base = float(load[-1])
-        load[-1] = SENTINEL
-        text = json.dumps(body, separators=(",", ":"))
-        self.prefix, self.suffix = text.split(repr(SENTINEL))
-
     def body(self, k: int) -> str:
-        return f"{self.prefix}{self.base + k * 1e-6!r}{self.suffix}"
+        return self.with_last_load(self.base + k * 1e-6)
 
 
 class BatchBodies:

@@ -79,6 +79,7 @@ from typing import Any
 import gevent
 import numpy as np
 import psutil
+from example_bodies import EXAMPLE, ExampleTemplate
 from locust import constant, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
@@ -87,7 +88,6 @@ from machine_facts import cpu_model, versions
 from smartgrid.catalog import ALERTS
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "predict_single.json"
 RESULTS = ROOT / "benchmarks" / "results"
 API_KEY = "load-soak-key-not-a-secret"
 # the operations manual's latency alarm (latency-p99-info; its threshold is in ms)
@@ -95,7 +95,6 @@ P99_LIMIT_MS = float(next(a.threshold for a in ALERTS if a.id == "latency-p99-in
 GROWTH_STEP = 1.05  # a step must beat the best so far by more than 5% to count as growth
 MEMORY_TOLERANCE_MIB = 2.0
 HOT_BODIES = 8
-SENTINEL = 987654321.125  # stands for the varied last load when building bodies by string
 MIX = {"miss": 70, "hit": 10, "anomalies": 10, "health": 5, "models": 5}
 VERSIONS = ("locust", "gevent", "geventhttpclient", "moto", "uvicorn", "fastapi", "onnxruntime", "boto3", "psutil")
 
@@ -115,20 +114,14 @@ class Bodies:
     k < 0 for the few hot bodies of the cache hits), and one /anomalies/detect body."""
 
     def __init__(self) -> None:
-        body = json.loads(EXAMPLE.read_text())
-        load = body["history"]["load"]
-        self.base = float(load[-1])
-        load[-1] = SENTINEL
-        text = json.dumps(body, separators=(",", ":"))
-        self.prefix, self.suffix = text.split(repr(SENTINEL))
+        self.template = ExampleTemplate()
         self.counter = itertools.count(1)
         self.hot = [self.single(-(i + 1)) for i in range(HOT_BODIES)]
         h = json.loads(EXAMPLE.read_text())["history"]
         self.anomalies = json.dumps({"timestamps": h["timestamps"], "load": h["load"]}).encode()
 
     def single(self, k: int) -> bytes:
-        value = round(self.base + k * 0.001, 3)
-        return f"{self.prefix}{value!r}{self.suffix}".encode()
+        return self.template.with_last_load(round(self.template.base + k * 0.001, 3)).encode()
 
     def miss(self) -> bytes:
         return self.single(next(self.counter))

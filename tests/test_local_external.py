@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -19,7 +16,7 @@ from moto.server import ThreadedMotoServer
 from smartgrid.local import free_port
 
 from .conftest import http_call as _call
-from .conftest import serve_env
+from .conftest import serve_env, serving
 
 ROOT = Path(__file__).parent.parent
 
@@ -37,33 +34,13 @@ def external_moto():
 
 def test_serve_uses_an_external_emulator(external_moto):
     port, key = free_port(), "local-external-key-123"
-    serve = [sys.executable, "-m", "smartgrid.cli", "serve", "--port", str(port), "--api-key", key]
-    proc = subprocess.Popen(
-        [*serve, "--aws-endpoint", external_moto],
-        cwd=ROOT,
-        env=serve_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 25
-        while True:
-            try:
-                if _call(base + "/health")[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "serve did not become healthy within 25 s"
-            time.sleep(0.25)
-        status, p = _call(base + "/predict/single", (ROOT / "examples" / "predict_single.json").read_bytes(), key)
+    with serving(port, key, "--aws-endpoint", external_moto, healthy_within_s=25) as served:
+        status, p = _call(
+            served.base + "/predict/single", (ROOT / "examples" / "predict_single.json").read_bytes(), key
+        )
         assert status == 200, p
         assert p["model_kind"] == "primary" and len(p["forecast"]) == 24
-    finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=20)
+    out = served.out
 
     # the tables were made on the external emulator and the prediction was written there
     ddb = boto3.client(
