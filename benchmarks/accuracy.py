@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smartgrid.data import load_series
-from smartgrid.features import HolidayCalendar
+from smartgrid.engine.data import load_series
+from smartgrid.engine.features import HolidayCalendar
 from smartgrid.training.backtest import run_backtest
 from smartgrid.training.baseline import relative_offsets
 from smartgrid.training.buckets import hour_bucket

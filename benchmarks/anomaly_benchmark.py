@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smartgrid import registry
-from smartgrid.data import iso, load_series
+from smartgrid.engine import model_files as registry
+from smartgrid.engine.data import iso, load_series
 from smartgrid.training import anomaly_train as at
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

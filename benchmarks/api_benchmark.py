@@ -449,7 +449,7 @@ def batch_feeds(svc: Any, bodies: BatchBodies, first_k: int, n: int) -> list[dic
     exactly as the service does for each item (the API turns the compact form into timestamps)."""
     import numpy as np
 
-    from smartgrid.data import parse_timestamp, readings_from_records
+    from smartgrid.engine.data import parse_timestamp, readings_from_records
 
     model = svc.models.get(PRIMARY)
     load = json.loads(EXAMPLE.read_text())["history"]["load"][: BATCH_DAYS * 24]

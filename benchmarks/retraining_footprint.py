@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smartgrid.data import Series
+from smartgrid.engine.data import Series
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -77,9 +77,10 @@ def main() -> int:
     import boto3
     from moto import mock_aws
 
-    from smartgrid import model_registry, retraining
     from smartgrid.config import BUNDLED_MODEL_DIR, get_settings
-    from smartgrid.data import load_series
+    from smartgrid.domain import champion as model_registry
+    from smartgrid.domain import retraining
+    from smartgrid.engine.data import load_series
 
     with mock_aws():
         settings = get_settings()

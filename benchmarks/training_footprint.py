@@ -20,8 +20,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from smartgrid.data import load_series
-from smartgrid.features import HolidayCalendar
+from smartgrid.engine.data import load_series
+from smartgrid.engine.features import HolidayCalendar
 from smartgrid.training.pipeline import train_all
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

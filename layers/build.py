@@ -181,7 +181,7 @@ def smoke_test(layer_dirs: list[Path], provided: Path) -> dict:
     code = f"import sys; sys.path[:0] = {paths!r}\n" + SMOKE
     out = subprocess.run(
         [sys.executable, "-S", "-c", code, str(ROOT / "examples" / "predict_single.json"),
-         str(FUNCTION_CODE / "smartgrid" / "models" / "default")],
+         str(FUNCTION_CODE / "smartgrid" / "engine" / "models" / "default")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if out.returncode != 0:

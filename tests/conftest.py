@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from smartgrid.data import Series, load_series
-from smartgrid.features import HolidayCalendar
+from smartgrid.engine.data import Series, load_series
+from smartgrid.engine.features import HolidayCalendar
 
 # Settings are read on first use (once per process, as on Lambda): set the environment
 # before any test asks for them.
@@ -122,7 +122,7 @@ def aws():
 def reset_service(svc: Any) -> None:
     """A long-lived app's service as a fresh container has it: the real clock, and nothing of
     an earlier test's in-memory cache tier (it outlives a test's moto tables) or cache outage."""
-    from smartgrid.service import utcnow
+    from smartgrid.domain.predictions import utcnow
 
     svc.clock = utcnow
     svc._memory.clear()
@@ -229,8 +229,8 @@ def registry_settings(aws, tmp_path, monkeypatch):
     second after the previous one (distinct set ids and decision keys)."""
     from datetime import UTC, datetime, timedelta
 
-    from smartgrid import model_registry as reg
     from smartgrid.config import get_settings
+    from smartgrid.domain import champion as reg
     from smartgrid.store.aws import reset_clients
     from smartgrid.store.provision import provision
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from smartgrid import registry
-from smartgrid.anomaly import (
+from smartgrid.engine import model_files as registry
+from smartgrid.engine.anomaly import (
     ANOMALY_FEATURE_NAMES,
     KINDS,
     MISSING,
@@ -17,7 +17,7 @@ from smartgrid.anomaly import (
     detect,
     feature_reach_steps,
 )
-from smartgrid.data import DAY_S, Series
+from smartgrid.engine.data import DAY_S, Series
 from smartgrid.errors import ModelIntegrityError
 from smartgrid.training import anomaly_train as at
 

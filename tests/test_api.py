@@ -78,7 +78,7 @@ def test_health_degraded_when_cache_down(rest, example_body, service, monkeypatc
     assert p.json()["cached"] is False
     assert len(stored("alice")) == 1
     # after a failure the cache is skipped for a while instead of failing on every request
-    from smartgrid.store.dynamo import DynamoStore
+    from smartgrid.store.predictions_table import DynamoStore
 
     calls = []
     monkeypatch.setattr(DynamoStore, "cache_get_many", lambda *a: calls.append(1) or {})
@@ -95,8 +95,8 @@ def test_health_critical_when_predictions_table_down(rest):
 
 def test_health_critical_without_models_and_bounded_by_timeout(aws, tmp_path):
     from smartgrid.config import get_settings
-    from smartgrid.forecast import ModelSet
-    from smartgrid.service import PredictionService
+    from smartgrid.domain.predictions import PredictionService
+    from smartgrid.engine.forecast import ModelSet
 
     settings = get_settings()
     empty = ModelSet.load(tmp_path)  # no model files: all three fail to load
@@ -125,7 +125,7 @@ def test_health_critical_without_models_and_bounded_by_timeout(aws, tmp_path):
 
 def _store(settings):
     def factory():
-        from smartgrid.store.dynamo import DynamoStore
+        from smartgrid.store.predictions_table import DynamoStore
 
         return DynamoStore(settings)
 
@@ -370,7 +370,7 @@ def test_idempotent_batch_and_in_progress(rest, example_body):
 
 def test_takeover_of_an_expired_claim_reuses_its_ids(rest, example_body):
     from smartgrid.api import schemas
-    from smartgrid.service import digest
+    from smartgrid.domain.predictions import digest
 
     body = schemas.PredictRequest.model_validate(example_body)
     req = digest(["single", body.model_dump(mode="json")])
@@ -417,7 +417,7 @@ def test_cache_serves_identical_inputs_for_five_minutes(rest, example_body, serv
 
 
 def test_predictions_table_outage_fails_cleanly(rest, example_body, monkeypatch):
-    from smartgrid.store.dynamo import DynamoStore
+    from smartgrid.store.predictions_table import DynamoStore
 
     def boom(self, records, cache=None, now=None):
         PredictionItem(records[0].user_id, records[0].prediction_id, forecast={}).save()  # half-way ...
@@ -446,7 +446,7 @@ def test_predictions_table_outage_fails_cleanly(rest, example_body, monkeypatch)
 
 
 def test_retry_with_the_key_completes_a_partly_saved_batch_without_duplicates(rest, example_body, monkeypatch):
-    from smartgrid.store.dynamo import DynamoStore
+    from smartgrid.store.predictions_table import DynamoStore
 
     real_save = DynamoStore.save_predictions
 
@@ -635,8 +635,8 @@ print(json.dumps([before, after, r['statusCode']]))
 def test_wire_format_shortcut_matches_pynamodb(aws):
     """The store writes items through the attributes' own serializers without building model
     instances; the result must be exactly what pynamodb's ``Model.serialize`` produces."""
-    from smartgrid.service import PredictionRecord
-    from smartgrid.store.dynamo import _prediction_map
+    from smartgrid.store.predictions_table import _prediction_map
+    from smartgrid.store.records import PredictionRecord
 
     now = datetime(2026, 11, 28, 10, 0, 0, 123000, tzinfo=UTC)
     rec = PredictionRecord(
@@ -743,8 +743,8 @@ def test_undecodable_base64_body(lambda_handler):
 
 def test_missing_fallback_model_fails_only_the_items_that_need_it(aws, example_body):
     from smartgrid.config import get_settings
-    from smartgrid.forecast import ModelSet
-    from smartgrid.service import PredictionService
+    from smartgrid.domain.predictions import PredictionService
+    from smartgrid.engine.forecast import ModelSet
 
     settings = get_settings()
     models = ModelSet.load(settings.model_dir)
@@ -759,7 +759,7 @@ def test_missing_fallback_model_fails_only_the_items_that_need_it(aws, example_b
 
 
 def test_a_failed_attempt_that_stored_nothing_frees_its_key(rest, example_body, monkeypatch):
-    from smartgrid.store.dynamo import DynamoStore
+    from smartgrid.store.predictions_table import DynamoStore
 
     def down(self, records, cache, now):
         raise RuntimeError("throttled")
@@ -775,8 +775,8 @@ def test_a_failed_attempt_that_stored_nothing_frees_its_key(rest, example_body, 
 
 def test_a_missing_model_is_not_replayed(aws, example_body):
     from smartgrid.config import get_settings
-    from smartgrid.forecast import ModelSet
-    from smartgrid.service import PredictionService
+    from smartgrid.domain.predictions import PredictionService
+    from smartgrid.engine.forecast import ModelSet
 
     settings = get_settings()
     models = ModelSet.load(settings.model_dir)
@@ -807,7 +807,7 @@ def test_replay_of_a_batch_with_many_invalid_items(rest, example_body):
 
 
 def test_cursor_older_than_since_and_cache_breaker_reopening(rest, example_body, service, monkeypatch):
-    from smartgrid.store.dynamo import DynamoStore
+    from smartgrid.store.predictions_table import DynamoStore
 
     base = datetime(2026, 11, 1, tzinfo=UTC)
     for i in range(3):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smartgrid.data import Series
-from smartgrid.features import HolidayCalendar
-from smartgrid.metrics import all_metrics, coverage, mape, pinball, rmae
+from smartgrid.engine.accuracy import all_metrics, coverage, mape, pinball, rmae
+from smartgrid.engine.data import Series
+from smartgrid.engine.features import HolidayCalendar
 from smartgrid.training.backtest import run_backtest
 from smartgrid.training.moe import MoEParams
 from smartgrid.training.pipeline import TrainingRows

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from smartgrid import backup as bk
 from smartgrid.catalog import BACKUP_RETENTION_DAYS
-from smartgrid.cli import app
+from smartgrid.cli.main import app
 from smartgrid.config import BUNDLED_MODEL_DIR, get_settings
+from smartgrid.domain import backup as bk
 from smartgrid.observability import logger
 from smartgrid.store import backups as store
 from smartgrid.store.aws import client, reset_clients
@@ -90,8 +90,8 @@ def settings(aws):
 @pytest.fixture(scope="module")
 def inputs(request):
     """Two sites' last 14 days (real load data), as the API receives them."""
-    from smartgrid.data import iso_all, load_series
-    from smartgrid.service import SeriesInput
+    from smartgrid.domain.predictions import SeriesInput
+    from smartgrid.engine.data import iso_all, load_series
     from tests.conftest import DATA
 
     out = []
@@ -107,7 +107,7 @@ def seeded(settings, inputs):
     """Real data in every table through the API's domain (predictions, the cache, an
     idempotency record, actuals), an incident, a raw item of every DynamoDB type, and a model registry in
     the models bucket."""
-    from smartgrid.service import build_service
+    from smartgrid.domain.predictions import build_service
 
     svc = build_service(settings)
     alice = svc.predict("alice", inputs, idempotency_key="batch-1", request_digest="d1")
@@ -405,7 +405,7 @@ def test_restore_refuses_to_overwrite_live_data_without_yes(seeded, settings, tm
 
 # ---------------------------------------------------------------------------- the drills
 def test_drill_2_a_corrupted_table_is_restored_and_the_others_are_left_alone(seeded, settings, inputs):
-    from smartgrid.service import build_service
+    from smartgrid.domain.predictions import build_service
 
     backup_id = bk.run_backup(settings, now=T2).backup_id
     # after the backup: a new prediction (actuals table) that a table-2 restore must not lose
@@ -439,7 +439,7 @@ def test_drill_2_a_corrupted_table_is_restored_and_the_others_are_left_alone(see
 
 
 def test_drill_3_lost_model_files_come_back_from_the_backup(seeded, settings, tmp_path):
-    from smartgrid.forecast import ModelSet
+    from smartgrid.engine.forecast import ModelSet
 
     backup_id = bk.run_backup(settings, now=T2).backup_id
     s3 = client("s3", settings)
@@ -460,7 +460,7 @@ def test_drill_3_lost_model_files_come_back_from_the_backup(seeded, settings, tm
 
 
 def test_drill_4_everything_lost_and_redeployed_is_restored(seeded, settings, tmp_path):
-    from smartgrid.service import build_service
+    from smartgrid.domain.predictions import build_service
 
     backup_id = bk.run_backup(settings, now=T2).backup_id
     alice_before = build_service(settings).list_predictions("alice", None, 10, None)

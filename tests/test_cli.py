@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from smartgrid.cli import app
-from smartgrid.data import Series, load_series
-from smartgrid.registry import MODEL_NAMES, sha256_hex
+from smartgrid.cli.main import app
+from smartgrid.engine.data import Series, load_series
+from smartgrid.engine.model_files import MODEL_NAMES, sha256_hex
 
 from .conftest import DATA, series_to_csv, write_csv
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smartgrid.data import load_series, read_csv, readings_from_records, validate
+from smartgrid.engine.data import load_series, read_csv, readings_from_records, validate
 from smartgrid.errors import DataValidationError, InsufficientHistoryError
 
 from .conftest import DATA, write_csv

@@ -47,7 +47,7 @@ import pytest
 
 from smartgrid.catalog import PROBLEM_JSON
 from smartgrid.config import BUNDLED_MODEL_DIR
-from smartgrid.registry import BASELINE_FORECAST, LOAD_FORECAST
+from smartgrid.engine.model_files import BASELINE_FORECAST, LOAD_FORECAST
 
 from .apigw import Client, app_client
 from .conftest import vary
@@ -295,8 +295,8 @@ def test_cache_table_down_predictions_go_on_and_health_is_degraded(api, example_
 # ============================================================ 3, 4: models while S3 fails, damaged models
 @pytest.fixture
 def registry(registry_settings):
-    from smartgrid import model_registry as reg
-    from smartgrid.service import build_service
+    from smartgrid.domain import champion as reg
+    from smartgrid.domain.predictions import build_service
 
     settings = registry_settings
     a = reg.publish(settings, BUNDLED_MODEL_DIR).info.set_id
@@ -306,7 +306,7 @@ def registry(registry_settings):
 
 @pytest.mark.parametrize("fault", [SLOW_DOWN, S3_INTERNAL, TIMEOUT], ids=lambda f: f.name.replace(" ", "-"))
 def test_s3_down_while_the_api_loads_models_keeps_the_last_good_set(registry, example_body, faults, fault):
-    from smartgrid import model_registry as reg
+    from smartgrid.domain import champion as reg
 
     settings, api, a = registry
     assert api.post("/predict/single", example_body).json()["model_version"] == a
@@ -332,8 +332,8 @@ def test_s3_down_while_the_api_loads_models_keeps_the_last_good_set(registry, ex
 
 
 def test_a_container_without_models_is_critical_until_s3_answers(registry_settings, example_body, faults, tmp_path):
-    from smartgrid import model_registry as reg
-    from smartgrid.service import build_service
+    from smartgrid.domain import champion as reg
+    from smartgrid.domain.predictions import build_service
 
     a = reg.publish(registry_settings, BUNDLED_MODEL_DIR).info.set_id
     (tmp_path / "no-models").mkdir()
@@ -381,7 +381,7 @@ def _truncate_in_bucket(settings: Any, set_id: str, rewrite_checksums: bool) -> 
 
 @pytest.mark.parametrize("how", ["truncated-in-bucket", "truncated-checksums-rewritten", "truncated-in-transit"])
 def test_a_damaged_model_set_is_never_served(registry, example_body, faults, how):
-    from smartgrid import model_registry as reg
+    from smartgrid.domain import champion as reg
 
     settings, api, a = registry
     assert api.post("/predict/single", example_body).json()["model_version"] == a
@@ -409,7 +409,7 @@ def test_a_damaged_model_file_on_disk_is_refused_and_the_fallback_serves(aws, ex
     import shutil
 
     from smartgrid.config import get_settings
-    from smartgrid.service import build_service
+    from smartgrid.domain.predictions import build_service
 
     bad = tmp_path / "models"
     shutil.copytree(BUNDLED_MODEL_DIR, bad)
@@ -439,8 +439,8 @@ def test_a_damaged_model_file_on_disk_is_refused_and_the_fallback_serves(aws, ex
 def moto_server(monkeypatch, tmp_path):
     """A moto server in this process on a free port; this process's settings and clients point
     at it (AWS_ENDPOINT_URL), the stack provisioned as the CDK app makes it."""
+    from smartgrid.cli.serve import free_port
     from smartgrid.config import get_settings
-    from smartgrid.local import free_port
     from smartgrid.store.aws import reset_clients
     from smartgrid.store.provision import provision
 
@@ -498,16 +498,16 @@ def _keys(bucket: str, prefix: str) -> list[str]:
 def _cli(*args: str) -> Any:
     from typer.testing import CliRunner
 
-    from smartgrid.cli import app
+    from smartgrid.cli.main import app
 
     return CliRunner().invoke(app, list(args))
 
 
 def test_jobs_killed_midway_leave_no_half_state_for_readers(moto_server, example_body, tmp_path):
-    from smartgrid import model_registry as reg
-    from smartgrid.backup import run_backup
     from smartgrid.config import get_settings
-    from smartgrid.service import build_service
+    from smartgrid.domain import champion as reg
+    from smartgrid.domain.backup import run_backup
+    from smartgrid.domain.predictions import build_service
 
     settings = get_settings()
     a = reg.publish(settings, BUNDLED_MODEL_DIR, reason="first deploy").info.set_id
@@ -562,7 +562,7 @@ def test_jobs_killed_midway_leave_no_half_state_for_readers(moto_server, example
 # ============================================================ 6: the same event twice, at once
 def _meter_csv(series: Any, lo_day: int, hi_day: int, spike_at: int | None = None) -> bytes:
     """Days [lo_day, hi_day) of an hourly series as a meter file; a 1.5x spike at ``spike_at``."""
-    from smartgrid.data import iso_all
+    from smartgrid.engine.data import iso_all
 
     part = series.slice(lo_day * 24, hi_day * 24)
     load = part.load.copy()
@@ -575,10 +575,10 @@ def _meter_csv(series: Any, lo_day: int, hi_day: int, spike_at: int | None = Non
 def test_the_same_event_delivered_twice_at_once_is_processed_once(stack_with_inbox, gefcom):
     import boto3
 
-    from smartgrid.data import iso_all
+    from smartgrid.domain.predictions import SeriesInput
+    from smartgrid.engine.data import iso_all
     from smartgrid.jobs.ingestion import ingestor as cached
     from smartgrid.jobs.ingestion import meter_object
-    from smartgrid.service import SeriesInput
     from smartgrid.store.tables import ActualsItem
 
     env = stack_with_inbox

@@ -5,17 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smartgrid.data import Series
-from smartgrid.features import (
-    FEATURE_INDEX as F,
-)
-from smartgrid.features import (
-    FEATURE_NAMES,
-    HolidayCalendar,
-    baseline_lags,
-    build_features,
-    day_ahead_rows,
-)
+from smartgrid.engine.data import Series
+from smartgrid.engine.features import FEATURE_INDEX as F
+from smartgrid.engine.features import FEATURE_NAMES, HolidayCalendar, baseline_lags, build_features, day_ahead_rows
 
 from .conftest import upsample
 
@@ -102,7 +94,7 @@ def test_short_history_gives_nan_not_garbage(gefcom: Series, calendar: HolidayCa
 def test_shipped_calendar_matches_the_holidays_package():
     """The pre-computed calendar read at start-up is what `holidays` computes (regenerate with
     `smartgrid calendar --country US` when the package changes)."""
-    from smartgrid.features import _holiday_days, calendar_file, compute_holiday_days
+    from smartgrid.engine.features import _holiday_days, calendar_file, compute_holiday_days
 
     assert calendar_file("US", None).is_file()
     np.testing.assert_array_equal(_holiday_days("US", None), compute_holiday_days("US", None))

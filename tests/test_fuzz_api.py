@@ -55,7 +55,7 @@ from schemathesis.checks import (  # the built-in checks, by name (the module lo
 
 from smartgrid.catalog import PROBLEM_JSON
 from smartgrid.config import get_settings
-from smartgrid.data import MAX_LOAD_MW
+from smartgrid.engine.data import MAX_LOAD_MW
 
 from .conftest import API_KEYS, reset_service
 
@@ -467,7 +467,7 @@ def test_a_missing_key_is_a_401_that_names_the_scheme(target):
 
 @needs_app
 def test_an_outage_is_a_documented_503(target, example_body, monkeypatch):
-    from smartgrid.store.dynamo import DynamoStore
+    from smartgrid.store.predictions_table import DynamoStore
 
     def down(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("connection reset")
@@ -486,8 +486,8 @@ def test_an_outage_is_a_documented_503(target, example_body, monkeypatch):
 @needs_app
 def test_a_critical_health_is_a_documented_503(target, tmp_path):
     from smartgrid.api.app import create_app
-    from smartgrid.forecast import ModelSet
-    from smartgrid.service import PredictionService
+    from smartgrid.domain.predictions import PredictionService
+    from smartgrid.engine.forecast import ModelSet
 
     settings = get_settings()
     svc = PredictionService(settings, ModelSet.load(tmp_path), APP.state.service._store_factory)

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from smartgrid import incidents
 from smartgrid.catalog import ALERTS
-from smartgrid.cli import app
+from smartgrid.cli.main import app
 from smartgrid.config import get_settings
+from smartgrid.domain import incidents
 from smartgrid.errors import DataValidationError, DependencyUnavailableError
-from smartgrid.store import incidents_store
+from smartgrid.store import incidents_table as incidents_store
 from tests.apigw import LambdaContext
 from tests.emf import value, values
 
@@ -618,7 +618,7 @@ def test_pieces():
 
 # ------------------------------------------------------------------ CLI
 def test_incidents_list(notifier, capsys, monkeypatch):
-    from smartgrid.cli import out
+    from smartgrid.cli.main import out
 
     monkeypatch.setattr(out, "_width", 160)
     t0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from smartgrid.cli import app
-from smartgrid.data import Series, iso_all
-from smartgrid.ingestion import CLAIM_HOLD_S, readings_csv
+from smartgrid.cli.main import app
+from smartgrid.domain.ingestion import CLAIM_HOLD_S, readings_csv
+from smartgrid.domain.predictions import SeriesInput
+from smartgrid.engine.data import Series, iso_all
 from smartgrid.observability import logger
-from smartgrid.service import SeriesInput
 from smartgrid.store.tables import ActualsItem, IdempotencyItem
 from tests.apigw import LambdaContext
 from tests.conftest import Stack
@@ -179,7 +179,7 @@ def test_accepted_file_is_stored_and_recorded_as_actuals(env, ingestor, gefcom, 
     # the readings under accepted/, content-addressed, readable by the engine's parser
     (stored,) = keys(env, "accepted/")
     assert stored == out["accepted_key"] and stored.startswith("accepted/alice/zone-1/") and stored.endswith(".csv")
-    from smartgrid.ingestion import parse_file
+    from smartgrid.domain.ingestion import parse_file
 
     again = parse_file(read(env, stored))
     assert again.n == 72 and np.allclose(again.load, np.round(gefcom.load[(FORECAST_DAY - 1) * H :][:72], 1))
@@ -286,7 +286,7 @@ def test_a_duplicate_delivery_while_one_is_processing_is_not_processed(env, inge
     """EventBridge delivers at least once: a second delivery of the same event (the same event
     id) is another invocation, which must not take over the claim the first one holds."""
     from smartgrid.jobs.ingestion import meter_object
-    from smartgrid.store import meter
+    from smartgrid.store import meter_bucket as meter
 
     body = csv_of(gefcom, FORECAST_DAY - 7, FORECAST_DAY + 1, spike_at=3 * H + 10)
     event = put(env, "incoming/alice/zone-1/week.csv", body)
@@ -432,7 +432,8 @@ def _s3_error(operation: str) -> Exception:
 @pytest.mark.parametrize("where", ["accepted_write", "sns_publish", "mark_done"])
 def test_a_failure_midway_raises_and_the_retry_converges(env, ingestor, gefcom, capsys, monkeypatch, where):
     from smartgrid.errors import DependencyUnavailableError
-    from smartgrid.store import meter, notify
+    from smartgrid.store import meter_bucket as meter
+    from smartgrid.store import notify
 
     mine = predict(ingestor, gefcom, "alice", "zone-1")
     body = csv_of(gefcom, FORECAST_DAY - 7, FORECAST_DAY + 1, spike_at=3 * H + 10)
@@ -483,7 +484,7 @@ def test_a_failure_midway_raises_and_the_retry_converges(env, ingestor, gefcom, 
 
 def test_a_failure_while_moving_a_bad_file_aside_converges(env, ingestor, capsys, monkeypatch):
     from smartgrid.errors import DependencyUnavailableError
-    from smartgrid.store import meter
+    from smartgrid.store import meter_bucket as meter
 
     key, body, _ = BAD_FILES["bad_timestamps"]
     event = put(env, key, body)
@@ -504,7 +505,7 @@ def test_a_failure_while_moving_a_bad_file_aside_converges(env, ingestor, capsys
 def test_a_correction_uploaded_while_a_file_is_rejected_is_kept(env, ingestor, gefcom, capsys, monkeypatch):
     """Copy and delete are conditional on the content that was checked (S3 If-Match): a
     corrected upload landing meanwhile is not deleted, and its own event ingests it."""
-    from smartgrid.store import meter
+    from smartgrid.store import meter_bucket as meter
     from smartgrid.store.aws import client
 
     key, body, _ = BAD_FILES["text_in_load"]
@@ -582,7 +583,7 @@ def test_cli_refuses_bad_arguments(env, ingestor, args, message):
 
 
 def test_cli_says_when_aws_fails(env, ingestor, tmp_path, monkeypatch):
-    from smartgrid.store import meter
+    from smartgrid.store import meter_bucket as meter
 
     def failing(*a, **kw):
         raise _s3_error("HeadObject")

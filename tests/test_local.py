@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smartgrid.local import free_port
+from smartgrid.cli.serve import free_port
 
 from .conftest import http_call as _call
 from .conftest import serving

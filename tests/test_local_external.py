@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from smartgrid.local import free_port
+from smartgrid.cli.serve import free_port
 
 from .conftest import http_call as _call
 from .conftest import serve_env, serving

@@ -9,11 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from smartgrid.data import Series, readings_from_records
+from smartgrid.engine.data import Series, readings_from_records
+from smartgrid.engine.features import FEATURE_NAMES, HolidayCalendar
+from smartgrid.engine.forecast import Forecaster, ModelSet
+from smartgrid.engine.model_files import BASELINE_FORECAST, LOAD_FORECAST, ModelMetadata, load_model, save_model
 from smartgrid.errors import DataValidationError, ForecastUnavailableError, ModelIntegrityError
-from smartgrid.features import FEATURE_NAMES, HolidayCalendar
-from smartgrid.forecast import Forecaster, ModelSet
-from smartgrid.registry import BASELINE_FORECAST, LOAD_FORECAST, ModelMetadata, load_model, save_model
 from smartgrid.training import baseline as baseline_mod
 from smartgrid.training import moe as moe_mod
 from smartgrid.training.pipeline import TrainingRows, day_ahead_training_rows, fit_models

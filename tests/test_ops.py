@@ -12,11 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
-from smartgrid import catalog, ops
-from smartgrid.backup import run_backup
-from smartgrid.cli import app
+from smartgrid import catalog
+from smartgrid.cli.main import app
 from smartgrid.config import get_settings
-from smartgrid.model_registry import publish, record_decision
+from smartgrid.domain import ops
+from smartgrid.domain.backup import run_backup
+from smartgrid.domain.champion import publish, record_decision
 from smartgrid.store.aws import client, reset_clients
 from smartgrid.store.provision import provision
 
@@ -90,7 +91,7 @@ def test_a_healthy_stack_is_all_ok(stack, api):
 
 
 def test_an_open_incident_is_not_ok(stack, api):
-    from smartgrid import incidents
+    from smartgrid.domain import incidents
 
     alarm = {
         "AlarmName": "smartgrid-test-api-down",

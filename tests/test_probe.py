@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
-from smartgrid.cli import app
+from smartgrid.cli.main import app
 from smartgrid.config import get_settings
 from smartgrid.observability import logger
 from tests.apigw import LambdaContext

@@ -12,12 +12,12 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from smartgrid import model_registry as reg
-from smartgrid.cli import app as cli_app
+from smartgrid.cli.main import app as cli_app
 from smartgrid.config import BUNDLED_MODEL_DIR, Settings
+from smartgrid.domain import champion as reg
+from smartgrid.engine.model_files import BASELINE_FORECAST, MODEL_NAMES, ModelMetadata, read_model_bytes, save_model
 from smartgrid.errors import ConflictError, DependencyUnavailableError, ModelIntegrityError, NotFoundError
-from smartgrid.registry import BASELINE_FORECAST, MODEL_NAMES, ModelMetadata, read_model_bytes, save_model
-from smartgrid.store import registry_store
+from smartgrid.store import models_bucket as registry_store
 
 from .apigw import app_client
 
@@ -219,7 +219,7 @@ def test_cli_errors_exit_codes(settings, tmp_path):
 # ------------------------------------------------------------------------- live pickup
 @pytest.fixture
 def api(settings):
-    from smartgrid.service import build_service
+    from smartgrid.domain.predictions import build_service
 
     svc = build_service(settings)
     return app_client(settings, svc), svc
@@ -235,7 +235,7 @@ def test_without_a_champion_the_bundled_models_serve(api, example_body):
 
 def test_a_running_api_picks_up_a_promoted_set(settings, tmp_path, example_body):
     a = reg.publish(settings, BUNDLED_MODEL_DIR).info.set_id
-    from smartgrid.service import build_service
+    from smartgrid.domain.predictions import build_service
 
     client = app_client(settings, build_service(settings))  # the champion exists: the first request serves it
     r = client.post("/predict/single", example_body)
@@ -284,7 +284,7 @@ def test_a_failing_pointer_read_or_a_damaged_set_keeps_serving(api, settings, tm
 
 
 def test_the_pointer_is_checked_at_most_every_model_refresh_s(settings, tmp_path, monkeypatch):
-    from smartgrid.forecast import ModelSet
+    from smartgrid.engine.forecast import ModelSet
 
     now = [0.0]
     watcher = reg.ChampionWatcher(settings.model_copy(update={"model_refresh_s": 60}), clock=lambda: now[0])
@@ -310,7 +310,7 @@ def test_a_slow_or_failed_download_keeps_serving_and_a_later_poll_succeeds(setti
     import io
     import time
 
-    from smartgrid.forecast import ModelSet
+    from smartgrid.engine.forecast import ModelSet
     from smartgrid.observability import logger
 
     now = [0.0]

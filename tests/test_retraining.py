@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from smartgrid import model_registry as reg
-from smartgrid import retraining
-from smartgrid.cli import app as cli_app
+from smartgrid.cli.main import app as cli_app
 from smartgrid.config import Settings, get_settings
-from smartgrid.data import Readings, Series
+from smartgrid.domain import champion as reg
+from smartgrid.domain import retraining
+from smartgrid.engine.data import Readings, Series
+from smartgrid.engine.features import HolidayCalendar
+from smartgrid.engine.model_files import MODEL_NAMES, read_model_bytes
 from smartgrid.errors import DependencyUnavailableError, InsufficientHistoryError
-from smartgrid.features import HolidayCalendar
 from smartgrid.observability import logger
-from smartgrid.registry import MODEL_NAMES, read_model_bytes
-from smartgrid.store import registry_store
+from smartgrid.store import models_bucket as registry_store
 from smartgrid.training.moe import MoEParams
 from smartgrid.training.pipeline import train_all
 

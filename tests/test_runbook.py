@@ -13,7 +13,7 @@ import pytest
 import typer
 
 from smartgrid.catalog import ALERTS, ESCALATION
-from smartgrid.cli import app
+from smartgrid.cli.main import app
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
 
@@ -136,7 +136,7 @@ def test_alert_section_has_summary_meaning_confirm_mitigate_escalate(parsed, ale
 def test_the_notifier_quotes_the_first_three_mitigate_steps_whole(parsed, alert):
     """Each Mitigate item is one line (the notifier's parser stops at a continuation line), and
     what the notifier reads from this file is exactly the first three items."""
-    from smartgrid.incidents import runbook_steps
+    from smartgrid.domain.incidents import runbook_steps
 
     _, sections = parsed
     lines = [line for line in sections[alert.id].subsections["Mitigate"].lines if line.strip()]
@@ -217,7 +217,7 @@ def test_a_deployed_notifier_quotes_the_packaged_runbook():
     """On Lambda runbook_url is a link (or a path that is not there): the first steps come from
     the package's copy, which is this file (a symlink the CDK asset follows)."""
     from smartgrid.config import Settings
-    from smartgrid.incidents import PACKAGED_RUNBOOK, _runbook_file, runbook_steps
+    from smartgrid.domain.incidents import PACKAGED_RUNBOOK, _runbook_file, runbook_steps
 
     assert PACKAGED_RUNBOOK.read_text() == RUNBOOK.read_text()
     settings = Settings(runbook_url="https://git.example.com/smartgrid/blob/main/docs/runbook.md")

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from smartgrid.cli import app
+from smartgrid.cli.main import app
 from smartgrid.config import get_settings
+from smartgrid.domain.usage import Month, month_of_event, report
 from smartgrid.observability import logger
-from smartgrid.service import PredictionRecord, new_prediction_id
-from smartgrid.usage import Month, month_of_event, report
+from smartgrid.store.records import PredictionRecord, new_prediction_id
 from tests.apigw import LambdaContext
 from tests.conftest import Stack
 from tests.emf import value
@@ -67,7 +67,7 @@ def _record(user: str, when: datetime) -> PredictionRecord:
 @pytest.fixture
 def predictions(env) -> dict[str, int]:
     """Predictions around November 2026, written as the API writes them; November's counts."""
-    from smartgrid.store.dynamo import DynamoStore
+    from smartgrid.store.predictions_table import DynamoStore
 
     start, end = NOV.start, NOV.end
     recs = [_record("alice", start + timedelta(hours=7 * i, minutes=i)) for i in range(23)]
@@ -129,7 +129,7 @@ def test_a_month_not_over_and_a_month_past_retention_say_so(env):
 
 def test_predictions_made_through_the_service_are_counted(env, example_body):
     """The ids the service gives (ULIDs of the request time) are what the report counts."""
-    from smartgrid.service import SeriesInput, build_service
+    from smartgrid.domain.predictions import SeriesInput, build_service
 
     svc = build_service(env.settings)
     h = example_body["history"]
@@ -181,7 +181,7 @@ def _run(event: dict[str, Any], capsys) -> tuple[Any, BaseException | None, dict
 
 
 def test_the_scheduled_job_publishes_last_months_report(env, predictions, capsys, monkeypatch):
-    import smartgrid.usage as usage
+    from smartgrid.domain import usage
 
     monkeypatch.setattr(usage, "SCAN_PAGE_SIZE", 4)  # many pages
     monkeypatch.setattr(usage, "utcnow", lambda: datetime(2026, 12, 1, 6, 0, 2, tzinfo=UTC))

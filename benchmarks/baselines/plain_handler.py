@@ -31,10 +31,10 @@ from pynamodb.attributes import JSONAttribute, UnicodeAttribute, UTCDateTimeAttr
 from pynamodb.models import Model
 
 import smartgrid
-from smartgrid.data import readings_from_records
+from smartgrid.engine.data import readings_from_records
+from smartgrid.engine.features import HolidayCalendar
+from smartgrid.engine.forecast import Forecaster, ModelSet
 from smartgrid.errors import DataValidationError
-from smartgrid.features import HolidayCalendar
-from smartgrid.forecast import Forecaster, ModelSet
 
 logger = Logger()
 metrics = Metrics()

@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-BUNDLED_MODEL_DIR = PACKAGE_DIR / "models" / "default"
+BUNDLED_MODEL_DIR = PACKAGE_DIR / "engine" / "models" / "default"
 
 
 class Settings(BaseSettings):

@@ -23,7 +23,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
-from .catalog import MEMORY_UTILIZATION_PERCENT, NAMESPACE, PROCESS_RESIDENT_MEMORY_BYTES, SERVICE
+from smartgrid.catalog import MEMORY_UTILIZATION_PERCENT, NAMESPACE, PROCESS_RESIDENT_MEMORY_BYTES, SERVICE
 
 
 class _NoSegment(BaseSegment):

@@ -26,15 +26,18 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..catalog import (
+from smartgrid.api import schemas
+from smartgrid.catalog import (
     API_REQUEST_DURATION_SECONDS,
     API_REQUESTS_ERRORS_TOTAL,
     API_REQUESTS_TOTAL,
     PROBLEM_BASE,
     PROBLEM_JSON,
 )
-from ..config import Settings, get_settings
-from ..errors import (
+from smartgrid.config import Settings, get_settings
+from smartgrid.domain.predictions import ItemOutcome, PredictionService, SeriesInput, build_service, digest
+from smartgrid.engine.model_files import LOAD_FORECAST
+from smartgrid.errors import (
     MAX_PROBLEMS_SHOWN,
     AuthError,
     ConflictError,
@@ -44,10 +47,8 @@ from ..errors import (
     NotFoundError,
     Problem,
 )
-from ..observability import logger, metrics
-from ..registry import LOAD_FORECAST
-from ..service import ItemOutcome, PredictionRecord, PredictionService, SeriesInput, build_service, digest
-from . import schemas
+from smartgrid.observability import logger, metrics
+from smartgrid.store.records import PredictionRecord
 
 # ------------------------------------------------------------------------- problems
 CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")

@@ -17,9 +17,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 
-from ..catalog import PROBLEM_JSON
-from ..observability import logger, metrics, record_memory, tracer
-from .app import create_app, problem
+from smartgrid.api.app import create_app, problem
+from smartgrid.catalog import PROBLEM_JSON
+from smartgrid.observability import logger, metrics, record_memory, tracer
 
 app = create_app()
 

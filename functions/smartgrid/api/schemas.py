@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..data import MAX_LOAD_MW, MAX_READINGS, MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, parse_timestamp
+from smartgrid.engine.data import MAX_LOAD_MW, MAX_READINGS, MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, parse_timestamp
 
 # ISO 8601 from 1900 to 2199 (date, optional time with seconds and fraction, optional zone).
 TIMESTAMP_PATTERN = (

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backup import prune_dynamodb_backups, run_backup
-from ..catalog import BACKUP
-from ..config import get_settings
-from .runner import job
+from smartgrid.catalog import BACKUP
+from smartgrid.config import get_settings
+from smartgrid.domain.backup import prune_dynamodb_backups, run_backup
+from smartgrid.jobs.runner import job
 
 
 @job(BACKUP)

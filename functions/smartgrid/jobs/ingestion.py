@@ -8,10 +8,10 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent
 
-from ..catalog import INGESTION
-from ..config import Settings, get_settings
-from ..ingestion import Ingestor, MeterObject, build_ingestor
-from .runner import job
+from smartgrid.catalog import INGESTION
+from smartgrid.config import Settings, get_settings
+from smartgrid.domain.ingestion import Ingestor, MeterObject, build_ingestor
+from smartgrid.jobs.runner import job
 
 _ingestor: tuple[Settings, Ingestor] | None = None
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import NOTIFIER
-from ..config import get_settings
-from ..incidents import handle_event
-from .runner import job
+from smartgrid.catalog import NOTIFIER
+from smartgrid.config import get_settings
+from smartgrid.domain.incidents import handle_event
+from smartgrid.jobs.runner import job
 
 
 @job(NOTIFIER)

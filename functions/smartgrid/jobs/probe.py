@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import API_AVAILABILITY, API_PROBE_LATENCY_SECONDS, HEALTH_PROBE
-from ..config import get_settings
-from ..observability import logger, metrics
-from ..probe import ProbeResult, probe
-from .runner import job
+from smartgrid.catalog import API_AVAILABILITY, API_PROBE_LATENCY_SECONDS, HEALTH_PROBE
+from smartgrid.config import get_settings
+from smartgrid.domain.probe import ProbeResult, probe
+from smartgrid.jobs.runner import job
+from smartgrid.observability import logger, metrics
 
 # Below the function's timeout, with room to flush metrics.
 PROBE_TIMEOUT_S = min(10.0, HEALTH_PROBE.timeout_s / 2)

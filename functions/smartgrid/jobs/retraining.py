@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import RETRAINING
-from ..config import get_settings
-from ..errors import InsufficientHistoryError
-from ..observability import logger
-from ..retraining import retrain
-from .runner import job
+from smartgrid.catalog import RETRAINING
+from smartgrid.config import get_settings
+from smartgrid.domain.retraining import retrain
+from smartgrid.errors import InsufficientHistoryError
+from smartgrid.jobs.runner import job
+from smartgrid.observability import logger
 
 
 @job(RETRAINING)

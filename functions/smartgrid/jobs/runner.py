@@ -10,8 +10,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ..catalog import JOB_DIMENSION, JOB_FAILED_TOTAL, JOB_SUCCEEDED_TOTAL, FunctionSpec
-from ..observability import logger, metrics, tracer
+from smartgrid.catalog import JOB_DIMENSION, JOB_FAILED_TOTAL, JOB_SUCCEEDED_TOTAL, FunctionSpec
+from smartgrid.observability import logger, metrics, tracer
 
 Handler = Callable[[dict[str, Any], Any], Any]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import USAGE_REPORT
-from ..config import get_settings
-from ..usage import month_of_event, report
-from .runner import job
+from smartgrid.catalog import USAGE_REPORT
+from smartgrid.config import get_settings
+from smartgrid.domain.usage import month_of_event, report
+from smartgrid.jobs.runner import job
 
 
 @job(USAGE_REPORT)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..config import Settings, get_settings
-from ..observability import trace_aws_sdk
+from smartgrid.config import Settings, get_settings
+from smartgrid.observability import trace_aws_sdk
 
 _local = threading.local()
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from ..config import Settings
-from .aws import client
+from smartgrid.config import Settings
+from smartgrid.store.aws import client
 
 BATCH_WRITE_LIMIT = 25  # DynamoDB's maximum requests per BatchWriteItem
 PART_BYTES = 16 << 20  # checked uploads go up in parts of this size (S3: >= 5 MiB, <= 10,000 parts)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 
-from ..catalog import Level
-from ..config import Settings, get_settings
-from ..observability import logger
-from .aws import client
+from smartgrid.catalog import Level
+from smartgrid.config import Settings, get_settings
+from smartgrid.observability import logger
+from smartgrid.store.aws import client
 
 MAX_SUBJECT = 100
 MAX_MESSAGE_BYTES = 262_144

@@ -4,9 +4,9 @@ models and meter-data buckets versioned. Idempotent."""
 
 from __future__ import annotations
 
-from ..config import Settings
-from .aws import client
-from .tables import TABLES, create_tables
+from smartgrid.config import Settings
+from smartgrid.store.aws import client
+from smartgrid.store.tables import TABLES, create_tables
 
 BUCKETS = ("models_bucket", "backups_bucket", "meter_data_bucket")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Settings
-from .aws import client
+from smartgrid.config import Settings
+from smartgrid.store.aws import client
 
 
 def stack_outputs(stack: str, settings: Settings) -> dict[str, str]:

@@ -28,7 +28,7 @@ from pynamodb.attributes import (
 )
 from pynamodb.models import Model
 
-from ..config import Settings
+from smartgrid.config import Settings
 
 
 def _default(setting: str) -> str:

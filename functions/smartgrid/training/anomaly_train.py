@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import registry
-from ..anomaly import (
+from smartgrid.engine import model_files as registry
+from smartgrid.engine.anomaly import (
     ANOMALY_FEATURE_NAMES,
     INPUT_NAME,
     KINDS,
@@ -25,9 +25,9 @@ from ..anomaly import (
     anomaly_features,
     predict_probabilities,
 )
-from ..anomaly import detect as detect_anomalies
-from ..anomaly import steps as to_steps
-from ..data import DAY_S, Series, iso
+from smartgrid.engine.anomaly import detect as detect_anomalies
+from smartgrid.engine.anomaly import steps as to_steps
+from smartgrid.engine.data import DAY_S, Series, iso
 
 SPIKE, DIP, FLATLINE = KINDS.index("spike"), KINDS.index("dip"), KINDS.index("flatline")
 TRAIN_FRACTION = 0.8
@@ -204,7 +204,7 @@ def export_detector_onnx(booster: Any) -> bytes:
     """ONNX graph: ``features`` float32 [N, F] -> ``probabilities`` float32 [N, 5]."""
     from onnx import TensorProto, helper
 
-    from .onnx_trees import make_model, tree_ensemble_node
+    from smartgrid.training.onnx_trees import make_model, tree_ensemble_node
 
     with np.errstate(over="ignore"):  # LightGBM's 1e300 "NaN vs rest" thresholds
         trees, n_out = tree_ensemble_node([booster], INPUT_NAME, "raw_scores")

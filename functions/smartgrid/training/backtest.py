@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Series, iso
-from ..features import DAY_S, HolidayCalendar, day_starts
-from ..forecast import tidy_quantiles
-from ..metrics import all_metrics
-from ..registry import make_session
-from . import baseline as baseline_mod
-from . import moe as moe_mod
-from .buckets import hour_bucket
-from .pipeline import Progress, TrainingRows, day_ahead_training_rows, fit_models
+from smartgrid.engine.accuracy import all_metrics
+from smartgrid.engine.data import Series, iso
+from smartgrid.engine.features import DAY_S, HolidayCalendar, day_starts
+from smartgrid.engine.forecast import tidy_quantiles
+from smartgrid.engine.model_files import make_session
+from smartgrid.training import baseline as baseline_mod
+from smartgrid.training import moe as moe_mod
+from smartgrid.training.buckets import hour_bucket
+from smartgrid.training.pipeline import Progress, TrainingRows, day_ahead_training_rows, fit_models
 
 # A reference method: (train rows, test rows) -> [m, 3] P10/P50/P90 for the test rows.
 Reference = Callable[[TrainingRows, TrainingRows], np.ndarray]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..features import BASELINE_LAG_DAYS
-from .buckets import HOUR_BUCKETS, hour_bucket, onnx_bucket_lookup
+from smartgrid.engine.features import BASELINE_LAG_DAYS
+from smartgrid.training.buckets import HOUR_BUCKETS, hour_bucket, onnx_bucket_lookup
 
 MIN_WEIGHT = 1e-3  # every lag keeps a little weight so any available lag yields a forecast
 
@@ -99,7 +99,7 @@ def export_onnx(model: BaselineModel) -> bytes:
     output ``quantiles`` float32 [N, 3] (P10, P50, P90 in MW)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from .onnx_trees import make_model
+    from smartgrid.training.onnx_trees import make_model
 
     L = len(BASELINE_LAG_DAYS)
     inits = [

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..features import FEATURE_INDEX, FEATURE_NAMES, GATE_FEATURES
-from .buckets import HOUR_BUCKETS, hour_bucket, onnx_bucket_lookup
+from smartgrid.engine.features import FEATURE_INDEX, FEATURE_NAMES, GATE_FEATURES
+from smartgrid.training.buckets import HOUR_BUCKETS, hour_bucket, onnx_bucket_lookup
 
 F = FEATURE_INDEX
 
@@ -286,7 +286,7 @@ def export_onnx(model: MoEModel) -> bytes:
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    from .onnx_trees import make_model, tree_ensemble_node
+    from smartgrid.training.onnx_trees import make_model, tree_ensemble_node
 
     nf = len(FEATURE_NAMES)
     trees, k = tree_ensemble_node(model.boosters, "features", "experts")

@@ -11,8 +11,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..data import Series, iso
-from ..features import (
+from smartgrid.engine.atomic import staged_directory
+from smartgrid.engine.data import Series, iso
+from smartgrid.engine.features import (
     BASELINE_LAG_DAYS,
     DAY_S,
     FEATURE_INDEX,
@@ -22,10 +23,9 @@ from ..features import (
     build_features,
     day_ahead_rows,
 )
-from ..io_utils import staged_directory
-from ..registry import BASELINE_FORECAST, LOAD_FORECAST, ModelMetadata, new_version, save_model
-from . import baseline as baseline_mod
-from . import moe as moe_mod
+from smartgrid.engine.model_files import BASELINE_FORECAST, LOAD_FORECAST, ModelMetadata, new_version, save_model
+from smartgrid.training import baseline as baseline_mod
+from smartgrid.training import moe as moe_mod
 
 Progress = Callable[[str], None]
 
@@ -99,7 +99,7 @@ def train_all(
     """Train the mixture of experts, the fallback and the anomaly detector on the given
     series and write them to ``out_dir``. Files appear in ``out_dir`` only when all three
     are trained (a failure leaves ``out_dir`` untouched)."""
-    from . import anomaly_train
+    from smartgrid.training import anomaly_train
 
     say = progress or (lambda _m: None)
     resolutions = {s.resolution_minutes for s in series_list}

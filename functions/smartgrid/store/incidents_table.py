@@ -24,12 +24,12 @@ from datetime import UTC, datetime, timedelta
 
 from pynamodb.exceptions import PutError, PynamoDBException, UpdateError
 
-from ..config import Settings
-from ..errors import DependencyUnavailableError
-from ..observability import logger
-from .aws import client
-from .notify import clean_message, clean_subject
-from .tables import IncidentItem, bind
+from smartgrid.config import Settings
+from smartgrid.errors import DependencyUnavailableError
+from smartgrid.observability import logger
+from smartgrid.store.aws import client
+from smartgrid.store.notify import clean_message, clean_subject
+from smartgrid.store.tables import IncidentItem, bind
 
 RETENTION_DAYS = 400
 WEBHOOK_TIMEOUT_S = 5.0

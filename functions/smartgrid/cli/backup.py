@@ -14,8 +14,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .cli import _errors, app, err, out
-from .config import get_settings
+from smartgrid.cli.main import _errors, app, err, out
+from smartgrid.config import get_settings
 
 backups_app = typer.Typer(help="List and verify the backups in the backups bucket.", no_args_is_help=True)
 app.add_typer(backups_app, name="backups")
@@ -30,7 +30,7 @@ def _backup_errors() -> Iterator[None]:
     """As ``_errors``, plus: a backup that does not verify exits 3, an AWS call that fails 1."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from .backup import BackupIntegrityError
+    from smartgrid.domain.backup import BackupIntegrityError
 
     with _errors():
         try:
@@ -60,7 +60,7 @@ def _size(n: int) -> str:
 def backup_command() -> None:
     """Back up now, as the daily job does: every table (on-demand backup + item copy), the
     models bucket, the bundled models and the configuration, verified, then the manifest."""
-    from .backup import run_backup
+    from smartgrid.domain.backup import run_backup
 
     with _backup_errors():
         settings = get_settings()
@@ -81,7 +81,7 @@ def backups_list(
 ) -> None:
     """Every backup, newest first: id, time, status (verified / incomplete / damaged), size and
     the tables' item counts."""
-    from .backup import list_backups
+    from smartgrid.domain.backup import list_backups
 
     with _backup_errors():
         settings = get_settings()
@@ -114,7 +114,7 @@ def backups_list(
 def backups_verify(backup: BackupOpt) -> None:
     """Check a backup as a restore would (manifest and every object's sha256), changing nothing.
     Exit 3 if it does not verify."""
-    from .backup import check_backup_id, latest_backup, verify_backup
+    from smartgrid.domain.backup import check_backup_id, latest_backup, verify_backup
 
     with _backup_errors():
         settings = get_settings()
@@ -155,7 +155,7 @@ def restore_command(
 ) -> None:
     """Restore a backup: verifies it completely first, refuses to overwrite live data without
     --yes, and verifies what it restored. No part flags: tables, models and config."""
-    from .backup import RestoreOptions, check_backup_id, latest_backup, restore
+    from smartgrid.domain.backup import RestoreOptions, check_backup_id, latest_backup, restore
 
     with _backup_errors():
         settings = get_settings()

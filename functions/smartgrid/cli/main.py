@@ -20,8 +20,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .config import get_settings
-from .errors import ModelIntegrityError, ModelNotFoundError, SmartgridError
+from smartgrid.config import get_settings
+from smartgrid.errors import ModelIntegrityError, ModelNotFoundError, SmartgridError
 
 app = typer.Typer(
     help="Day-ahead load forecasting and meter-data anomaly detection.",
@@ -81,7 +81,7 @@ def _progress(total: int, label: str) -> Iterator[Callable[[str], None]]:
 
 
 def _calendar(country: str | None) -> Any:
-    from .features import HolidayCalendar
+    from smartgrid.engine.features import HolidayCalendar
 
     s = get_settings()
     return HolidayCalendar(country or s.holiday_country, s.holiday_subdivision)
@@ -99,7 +99,7 @@ def _check_outputs(*paths: Path | None) -> None:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    from .io_utils import atomic_write_text
+    from smartgrid.engine.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
@@ -112,9 +112,9 @@ def train(
     fill_gaps: FillOpt = 0,
 ) -> None:
     """Train the mixture of experts, the fallback profile and the anomaly detector."""
-    from .data import load_series
-    from .training.moe import EXPERTS, MoEParams
-    from .training.pipeline import train_all
+    from smartgrid.engine.data import load_series
+    from smartgrid.training.moe import EXPERTS, MoEParams
+    from smartgrid.training.pipeline import train_all
 
     with _errors():
         settings = get_settings()
@@ -147,10 +147,10 @@ def backtest(
     fill_gaps: FillOpt = 0,
 ) -> None:
     """Rolling-origin day-ahead backtest of the MoE against naive baselines."""
-    from .data import load_series
-    from .io_utils import atomic_write_bytes
-    from .training.backtest import default_test_days, render_backtest_png, run_backtest
-    from .training.moe import EXPERTS, MoEParams
+    from smartgrid.engine.atomic import atomic_write_bytes
+    from smartgrid.engine.data import load_series
+    from smartgrid.training.backtest import default_test_days, render_backtest_png, run_backtest
+    from smartgrid.training.moe import EXPERTS, MoEParams
 
     with _errors():
         settings = get_settings()
@@ -199,9 +199,9 @@ def detect(
     threshold: Annotated[float | None, typer.Option("--threshold", min=0.01, max=0.99)] = None,
 ) -> None:
     """Score every reading and list the flagged ones with score and kind."""
-    from .anomaly import detect as run_detect
-    from .data import read_csv, validate
-    from .registry import ANOMALY_DETECTOR, load_model
+    from smartgrid.engine.anomaly import detect as run_detect
+    from smartgrid.engine.data import read_csv, validate
+    from smartgrid.engine.model_files import ANOMALY_DETECTOR, load_model
 
     with _errors():
         settings = get_settings()
@@ -250,8 +250,8 @@ def forecast(
     country: CountryOpt = None,
 ) -> None:
     """Forecast the day after the data's last reading (P10/P50/P90)."""
-    from .data import read_csv, read_temperature_csv, write_csv_atomic
-    from .forecast import Forecaster, ModelSet
+    from smartgrid.engine.data import read_csv, read_temperature_csv, write_csv_atomic
+    from smartgrid.engine.forecast import Forecaster, ModelSet
 
     with _errors():
         settings = get_settings()
@@ -290,7 +290,7 @@ def forecast(
 @models_app.command("list")
 def models_list(models: ModelsOpt = None) -> None:
     """Show each model's version, window, metrics and whether its checksum verifies."""
-    from .forecast import ModelSet
+    from smartgrid.engine.forecast import ModelSet
 
     settings = get_settings()
     ms = ModelSet.load(models or settings.model_dir)
@@ -314,7 +314,7 @@ def calendar(
     subdivision: Annotated[str | None, typer.Option("--subdivision", help="State/province code")] = None,
 ) -> None:
     """Pre-compute a holiday calendar into the package (read at start-up instead of `holidays`)."""
-    from .features import write_calendar
+    from smartgrid.engine.features import write_calendar
 
     with _errors():
         try:
@@ -332,7 +332,7 @@ def probe_command(
     timeout: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to wait for /health")] = 5.0,
 ) -> None:
     """Probe the API's /health as the scheduled health probe does; exit 1 when not available."""
-    from .probe import probe
+    from smartgrid.domain.probe import probe
 
     with _errors():
         result = probe(url, timeout)
@@ -349,7 +349,7 @@ def probe_command(
 def alerts() -> None:
     """The alert table the CloudWatch alarms are built from (Markdown): what each alarm
     watches, its threshold and window, and the escalation level it pages."""
-    from .catalog import alert_table_markdown
+    from smartgrid.catalog import alert_table_markdown
 
     typer.echo(alert_table_markdown(), nl=False)
 
@@ -375,7 +375,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the API on this machine, on an embedded AWS emulator (moto), with the bundled models."""
-    from .local import serve as run
+    from smartgrid.cli.serve import serve as run
 
     with _errors():
         run(host, port, api_key, emulator_port, aws_endpoint)
@@ -383,11 +383,11 @@ def serve(
 
 # The jobs' and operators' commands (issue 5) live in their own modules and register on
 # ``app`` (and its sub-apps) when imported here.
-from . import cli_backup, cli_incidents, cli_jobs, cli_models, cli_ops  # noqa: E402, F401
+from smartgrid.cli import backup as cli_backup  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     # `python -m smartgrid.cli`: this module runs as __main__, but the command modules register
     # on `smartgrid.cli.app` (the module they import), so run that one.
-    from smartgrid.cli import app as registered
+    from smartgrid.cli.main import app as registered
 
     registered()

@@ -69,7 +69,7 @@ def external_endpoint(url: str, timeout_s: float = 5.0) -> str:
 
 def local_environment(endpoint: str, api_key: str) -> dict[str, str]:
     """Environment for the app against the emulator: endpoint, dummy credentials, one key."""
-    from .api.app import hash_key
+    from smartgrid.api.app import hash_key
 
     return {
         "AWS_ENDPOINT_URL": endpoint,
@@ -86,10 +86,10 @@ def serve(
 ) -> None:
     import uvicorn
 
-    from .api.app import create_app
-    from .catalog import SERVICE
-    from .config import get_settings
-    from .store.provision import BUCKETS, provision
+    from smartgrid.api.app import create_app
+    from smartgrid.catalog import SERVICE
+    from smartgrid.config import get_settings
+    from smartgrid.store.provision import BUCKETS, provision
 
     emulator: Emulator | None = None
     if aws_endpoint:
@@ -138,6 +138,6 @@ def serve(
 
 
 def _tables(settings: Any) -> list[str]:
-    from .store.tables import TABLES
+    from smartgrid.store.tables import TABLES
 
     return [getattr(settings, name) for name in TABLES]

@@ -15,11 +15,11 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.models import Model
 
-from ..config import Settings
-from ..errors import ConflictError, DataValidationError, Problem
-from ..observability import logger, trace_aws_sdk
-from ..service import Claim, Page, PredictionRecord, new_prediction_id
-from .tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem, bind
+from smartgrid.config import Settings
+from smartgrid.errors import ConflictError, DataValidationError, Problem
+from smartgrid.observability import logger, trace_aws_sdk
+from smartgrid.store.records import Claim, Page, PredictionRecord, new_prediction_id
+from smartgrid.store.tables import ActualsItem, CacheItem, IdempotencyItem, PredictionItem, bind
 
 
 @dataclass(frozen=True)

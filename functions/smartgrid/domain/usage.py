@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from .catalog import Level
-from .config import Settings
-from .observability import logger
-from .service import utcnow
-from .store import notify
+from smartgrid.catalog import Level
+from smartgrid.config import Settings
+from smartgrid.domain.predictions import utcnow
+from smartgrid.observability import logger
+from smartgrid.store import notify
 
 USAGE_FLAG_THRESHOLD = 100_000  # the manual: "100k+ predictions processed | Monthly report" (INFO)
 SCAN_SEGMENTS = 4  # parallel Scan segments: a year of predictions is GBs of items, read at ~1 MB a call
@@ -169,7 +169,7 @@ def report(
     """Count, log, and (``publish``) send the report to the L1 topic; the report and the SNS
     message id (None when not published or no L1 topic is configured)."""
     if store is None:
-        from .store.dynamo import DynamoStore
+        from smartgrid.store.predictions_table import DynamoStore
 
         store = DynamoStore(settings)
     result = count(

@@ -65,13 +65,13 @@ from typing import IO, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .catalog import BACKUP_RETENTION_DAYS
-from .config import Settings
-from .errors import ConflictError, NotFoundError, SmartgridError
-from .io_utils import atomic_write_bytes
-from .observability import logger
-from .store import backups as store
-from .store.tables import TABLES
+from smartgrid.catalog import BACKUP_RETENTION_DAYS
+from smartgrid.config import Settings
+from smartgrid.engine.atomic import atomic_write_bytes
+from smartgrid.errors import ConflictError, NotFoundError, SmartgridError
+from smartgrid.observability import logger
+from smartgrid.store import backups as store
+from smartgrid.store.tables import TABLES
 
 BACKUPS_PREFIX = "backups/"
 MANIFEST = "manifest.json"

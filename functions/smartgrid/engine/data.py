@@ -20,7 +20,7 @@ from typing import cast
 
 import numpy as np
 
-from .errors import DataValidationError, InsufficientHistoryError, Problem
+from smartgrid.errors import DataValidationError, InsufficientHistoryError, Problem
 
 MIN_RESOLUTION_S = 5 * 60
 MAX_RESOLUTION_S = 60 * 60
@@ -619,7 +619,7 @@ def load_series(path: str | Path, **kwargs: object) -> Series:
 
 def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """Write a CSV via a temporary file and a rename, so no partial file is left behind."""
-    from .io_utils import atomic_write_text
+    from smartgrid.engine.atomic import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

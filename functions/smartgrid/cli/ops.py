@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli import _errors, app, out
+from smartgrid.cli.main import _errors, app, out
 
 ops_app = typer.Typer(help="Operations: the daily checklist.", no_args_is_help=True)
 app.add_typer(ops_app, name="ops")
@@ -29,8 +29,8 @@ def check(
     """API health, tables, buckets, models, backups, retraining and alarms; exit 1 if any is not ok.
     Without --stack it checks what the environment's settings name (the local run: set
     AWS_ENDPOINT_URL to the emulator)."""
-    from . import ops
-    from .config import get_settings
+    from smartgrid.config import get_settings
+    from smartgrid.domain import ops
 
     settings = get_settings()
     with _errors():

@@ -16,16 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, Readings, Series, flat_runs, iso, validate
-from .errors import (
-    DataValidationError,
-    ForecastUnavailableError,
-    InsufficientHistoryError,
-    ModelIntegrityError,
-    ModelNotFoundError,
-    Problem,
-)
-from .features import (
+from smartgrid.engine.data import MAX_TEMPERATURE_C, MIN_TEMPERATURE_C, Readings, Series, flat_runs, iso, validate
+from smartgrid.engine.features import (
     DAY_S,
     FEATURE_NAMES,
     MIN_PRIMARY_HISTORY_DAYS,
@@ -33,7 +25,15 @@ from .features import (
     baseline_lags,
     build_features,
 )
-from .registry import BASELINE_FORECAST, LOAD_FORECAST, MODEL_NAMES, LoadedModel, load_model
+from smartgrid.engine.model_files import BASELINE_FORECAST, LOAD_FORECAST, MODEL_NAMES, LoadedModel, load_model
+from smartgrid.errors import (
+    DataValidationError,
+    ForecastUnavailableError,
+    InsufficientHistoryError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    Problem,
+)
 
 log = logging.getLogger(__name__)
 

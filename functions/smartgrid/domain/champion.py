@@ -31,13 +31,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .errors import ConflictError, DependencyUnavailableError, ModelIntegrityError, ModelNotFoundError, NotFoundError
-from .forecast import ModelSet
-from .io_utils import staged_directory
-from .observability import logger
-from .registry import LOAD_FORECAST, MODEL_NAMES, ModelMetadata, read_model_bytes, sha256_hex
-from .store import registry_store as store
+from smartgrid.config import Settings
+from smartgrid.engine.atomic import staged_directory
+from smartgrid.engine.forecast import ModelSet
+from smartgrid.engine.model_files import LOAD_FORECAST, MODEL_NAMES, ModelMetadata, read_model_bytes, sha256_hex
+from smartgrid.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    NotFoundError,
+)
+from smartgrid.observability import logger
+from smartgrid.store import models_bucket as store
 
 SETS_PREFIX = "models/"
 CHAMPION_KEY = "registry/champion.json"

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DataValidationError, Problem
+from smartgrid.errors import DataValidationError, Problem
 
 MAX_BODY_BYTES = 64 * 1024
 

@@ -43,10 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from . import model_registry as reg
-from .config import Settings
-from .data import DAY_S, Readings, Series, flat_runs, infer_step_seconds, iso, read_csv, validate
-from .errors import (
+from smartgrid.config import Settings
+from smartgrid.domain import champion as reg
+from smartgrid.engine.accuracy import mape
+from smartgrid.engine.data import DAY_S, Readings, Series, flat_runs, infer_step_seconds, iso, read_csv, validate
+from smartgrid.engine.features import HolidayCalendar
+from smartgrid.engine.forecast import Forecaster, ModelSet
+from smartgrid.errors import (
     ConflictError,
     DataValidationError,
     InsufficientHistoryError,
@@ -55,12 +58,9 @@ from .errors import (
     Problem,
     SmartgridError,
 )
-from .features import HolidayCalendar
-from .forecast import Forecaster, ModelSet
-from .metrics import mape
-from .observability import logger
-from .store import registry_store as store
-from .store.meter import ACCEPTED, MeterKey
+from smartgrid.observability import logger
+from smartgrid.store import models_bucket as store
+from smartgrid.store.meter_bucket import ACCEPTED, MeterKey
 
 # The challenger needs this many whole days before the holdout (as `smartgrid train` asks):
 # the mixture of experts keeps a quarter of its training days for its gate and intervals.
@@ -556,8 +556,8 @@ def retrain(
 ) -> Decision:
     """One champion/challenger round (see the module's docstring). ``params``: the mixture of
     experts' ``MoEParams`` (default: the production ones with ``settings.train_threads``)."""
-    from .training.moe import MoEParams
-    from .training.pipeline import train_all
+    from smartgrid.training.moe import MoEParams
+    from smartgrid.training.pipeline import train_all
 
     run = _Run(settings, now)
     d = run.decision

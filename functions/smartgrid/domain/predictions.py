@@ -24,13 +24,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 from cachetools import TLRUCache
 
-from .anomaly import detect as run_detect
-from .catalog import (
+from smartgrid.catalog import (
     CACHE_ERRORS_TOTAL,
     FALLBACK_FORECASTS_TOTAL,
     MODEL_ANOMALIES_DETECTED,
@@ -40,9 +39,14 @@ from .catalog import (
     PREDICTIONS_NOT_STORED_TOTAL,
     PREDICTIONS_TOTAL,
 )
-from .config import Settings
-from .data import MAX_READINGS, FutureLimit, Readings, iso, iso_all, readings_from_records, validate
-from .errors import (
+from smartgrid.config import Settings
+from smartgrid.domain.champion import ChampionWatcher
+from smartgrid.engine.anomaly import detect as run_detect
+from smartgrid.engine.data import MAX_READINGS, FutureLimit, Readings, iso, iso_all, readings_from_records, validate
+from smartgrid.engine.features import HolidayCalendar
+from smartgrid.engine.forecast import Forecast, Forecaster, ModelSet
+from smartgrid.engine.model_files import ANOMALY_DETECTOR, BASELINE_FORECAST, LOAD_FORECAST, MODEL_NAMES
+from smartgrid.errors import (
     ConflictError,
     DataValidationError,
     DependencyUnavailableError,
@@ -51,11 +55,8 @@ from .errors import (
     PartialWriteError,
     Problem,
 )
-from .features import HolidayCalendar
-from .forecast import Forecast, Forecaster, ModelSet
-from .model_registry import ChampionWatcher
-from .observability import logger, metrics
-from .registry import ANOMALY_DETECTOR, BASELINE_FORECAST, LOAD_FORECAST, MODEL_NAMES
+from smartgrid.observability import logger, metrics
+from smartgrid.store.records import Claim, Page, PredictionRecord, Store, new_prediction_id
 
 
 def utcnow() -> datetime:
@@ -76,52 +77,10 @@ class SeriesInput:
 
 
 @dataclass
-class PredictionRecord:
-    user_id: str
-    prediction_id: str
-    created_at: datetime
-    inputs_digest: str
-    model: str
-    model_version: str
-    fallback_reason: str | None
-    resolution_minutes: int
-    source: str  # "computed" | "cache"
-    timestamps: list[str]
-    p10: list[float]
-    p50: list[float]
-    p90: list[float]
-    site_id: str | None = None
-    idempotency_key: str | None = None
-    expires_at: datetime | None = None
-    stored: bool = True  # False: served while the predictions table was down, never recorded
-
-    def forecast_dict(self) -> dict[str, Any]:
-        return {"timestamps": self.timestamps, "p10": self.p10, "p50": self.p50, "p90": self.p90}
-
-
-@dataclass(frozen=True)
-class Claim:
-    """An idempotency record: the prediction ids reserved for the request, and whether it
-    already completed (then the stored predictions are replayed)."""
-
-    prediction_ids: list[str]
-    completed: bool
-    errors: list[int] | None  # indexes of items that failed validation (recomputed on replay)
-    until: float  # in_progress_until set by this attempt: only its holder may finish the claim
-    created: datetime  # the first attempt's time, which the reserved ULIDs encode
-
-
-@dataclass
 class ItemOutcome:
     index: int
     record: PredictionRecord | None = None
     error: DataValidationError | ForecastUnavailableError | None = None
-
-
-@dataclass
-class Page:
-    items: list[PredictionRecord]
-    cursor: str | None
 
 
 @dataclass
@@ -141,33 +100,7 @@ class HealthReport:
     timestamp: str
 
 
-class Store(Protocol):
-    """What the service needs from persistence (``smartgrid.store.dynamo.DynamoStore``)."""
-
-    def save_predictions(
-        self, records: list[PredictionRecord], cache: dict[str, dict[str, Any]], now: datetime
-    ) -> bool: ...
-    def delete_predictions(self, records: list[PredictionRecord]) -> None: ...
-    def get_predictions(self, user_id: str, prediction_ids: list[str]) -> dict[str, PredictionRecord]: ...
-    def list_predictions(self, user_id: str, since: datetime | None, limit: int, cursor: str | None) -> Page: ...
-    def merge_actuals(self, user_id: str, prediction_id: str, values: dict[str, float], now: datetime) -> dict: ...
-    def cache_get_many(self, keys: list[str], now: datetime) -> dict[str, tuple[float, dict[str, Any]]]: ...
-    def claim(self, user_id: str, key: str, request_digest: str, n: int, now: datetime) -> Claim: ...
-    def complete(self, user_id: str, key: str, errors: list[int] | None, until: float) -> None: ...
-    def expire_claim(self, user_id: str, key: str, until: float) -> None: ...
-    def release_claim(self, user_id: str, key: str, until: float) -> None: ...
-    def prepare(self) -> None: ...
-    def ping_database(self) -> None: ...
-    def ping_cache(self) -> None: ...
-
-
 _Parsed = tuple[Readings, Readings | None]
-
-
-def new_prediction_id(now: datetime) -> str:
-    from ulid import ULID
-
-    return str(ULID.from_datetime(now))
 
 
 def digest(obj: Any) -> str:
@@ -704,7 +637,7 @@ def build_service(settings: Settings) -> PredictionService:
     models = ModelSet.load(settings.model_dir, threads=settings.ort_threads)
 
     def store_factory() -> Store:
-        from .store.dynamo import DynamoStore
+        from smartgrid.store.predictions_table import DynamoStore
 
         return DynamoStore(settings)
 

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..catalog import METER_DATA_PREFIX
-from ..config import Settings, get_settings
-from .aws import client
+from smartgrid.catalog import METER_DATA_PREFIX
+from smartgrid.config import Settings, get_settings
+from smartgrid.store.aws import client
 
 INCOMING = METER_DATA_PREFIX
 ACCEPTED = "accepted/"

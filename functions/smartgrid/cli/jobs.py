@@ -12,9 +12,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .cli import _check_outputs, _errors, _write_json, app, err, out
-from .config import get_settings
-from .errors import DependencyUnavailableError
+from smartgrid.cli.main import _check_outputs, _errors, _write_json, app, err, out
+from smartgrid.config import get_settings
+from smartgrid.errors import DependencyUnavailableError
 
 
 @contextmanager
@@ -46,7 +46,7 @@ def ingest(
     accepted/; record them as actuals of the client's predictions for the site; detect
     anomalies (published to the L1 topic). A bad file is moved to rejected/ with a report
     (exit 2). A file ingested before is not processed again."""
-    from .ingestion import MeterObject, build_ingestor
+    from smartgrid.domain.ingestion import MeterObject, build_ingestor
 
     with _errors(), _aws_errors():
         if (file is None) == (key is None):
@@ -115,8 +115,8 @@ def usage(
 ) -> None:
     """The monthly usage report: predictions made in a month per client, the total, and
     whether it reached the manual's 100k."""
-    from .service import utcnow
-    from .usage import Month, report
+    from smartgrid.domain.predictions import utcnow
+    from smartgrid.domain.usage import Month, report
 
     with _errors(), _aws_errors():
         wanted = Month.parse(month) if month else Month.previous(utcnow())

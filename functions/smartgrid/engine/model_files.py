@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelIntegrityError, ModelNotFoundError
-from .io_utils import atomic_write_bytes, atomic_write_text
+from smartgrid.engine.atomic import atomic_write_bytes, atomic_write_text
+from smartgrid.errors import ModelIntegrityError, ModelNotFoundError
 
 LOAD_FORECAST = "load_forecast"
 ANOMALY_DETECTOR = "anomaly_detector"

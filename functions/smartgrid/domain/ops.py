@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from .catalog import ALARM_PREFIX_OUTPUT, API_URL_OUTPUT, OPS_SETTINGS, stack_output_key
-from .config import Settings
-from .probe import probe
-from .store import status
+from smartgrid.catalog import ALARM_PREFIX_OUTPUT, API_URL_OUTPUT, OPS_SETTINGS, stack_output_key
+from smartgrid.config import Settings
+from smartgrid.domain.probe import probe
+from smartgrid.store import status
 
 PROBE_TIMEOUT_S = 5.0
 MAX_BACKUP_AGE = timedelta(hours=26)  # daily at 02:00, with room for a slow run
@@ -90,7 +90,7 @@ def _age(then: datetime, now: datetime) -> str:
 
 def check_models(settings: Settings, now: datetime) -> Check:
     """The champion set the API serves, verified (every file's sha256), and its age."""
-    from .model_registry import read_champion, verify_set
+    from smartgrid.domain.champion import read_champion, verify_set
 
     champion = read_champion(settings)
     if champion is None:
@@ -106,7 +106,7 @@ def check_models(settings: Settings, now: datetime) -> Check:
 
 def check_backup(settings: Settings, now: datetime) -> Check:
     """The newest backup: verified (every object's sha256) and no older than a day and a bit."""
-    from .backup import list_backups, verify_backup
+    from smartgrid.domain.backup import list_backups, verify_backup
 
     backups = list_backups(settings)
     if not backups:
@@ -126,7 +126,7 @@ def check_backup(settings: Settings, now: datetime) -> Check:
 
 def check_retraining(settings: Settings, now: datetime) -> Check:
     """The last monthly retraining round: its decision and both scores."""
-    from .model_registry import list_decisions, read_decision
+    from smartgrid.domain.champion import list_decisions, read_decision
 
     for key in sorted(list_decisions(settings), reverse=True):
         d = read_decision(settings, key)
@@ -146,7 +146,7 @@ def check_retraining(settings: Settings, now: datetime) -> Check:
 
 def check_incidents(settings: Settings, now: datetime) -> Check:
     """Incidents the notifier opened and no OK has resolved yet."""
-    from .incidents import open_incidents
+    from smartgrid.domain.incidents import open_incidents
 
     incidents = open_incidents(settings)
     if not incidents:

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli import _errors, app, out
-from .config import get_settings
+from smartgrid.cli.main import _errors, app, out
+from smartgrid.config import get_settings
 
 incidents_app = typer.Typer(help="Incidents opened by alarms (the notifier).", no_args_is_help=True)
 app.add_typer(incidents_app, name="incidents")
@@ -21,7 +21,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list instead of a table")] = False,
 ) -> None:
     """Incidents with id, severity, alarm, status, detected, resolved and duration (newest first)."""
-    from .incidents import human_duration, list_incidents
+    from smartgrid.domain.incidents import human_duration, list_incidents
 
     with _errors():
         found = list_incidents(get_settings(), only_open=only_open)

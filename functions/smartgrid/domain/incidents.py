@@ -31,13 +31,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import catalog
-from .catalog import ALERTS, ESCALATION, Alert, Level, Severity
-from .config import Settings
-from .errors import DataValidationError, Problem
-from .observability import logger, metrics
-from .store import incidents_store as store
-from .store.incidents_store import OPEN, RESOLVED, Incident
+from smartgrid import catalog
+from smartgrid.catalog import ALERTS, ESCALATION, Alert, Level, Severity
+from smartgrid.config import PACKAGE_DIR, Settings
+from smartgrid.errors import DataValidationError, Problem
+from smartgrid.observability import logger, metrics
+from smartgrid.store import incidents_table as store
+from smartgrid.store.incidents_table import OPEN, RESOLVED, Incident
 
 __all__ = ["AlarmChange", "Incident", "open_incidents", "parse_alarm", "parse_sns_event", "process"]
 
@@ -266,7 +266,7 @@ def runbook_link(settings: Settings, alert_id: str | None) -> str:
 
 # docs/runbook.md, shipped in the package (a symlink the CDK asset follows), so that a deployed
 # notifier can quote the first steps whatever `runbook_url` links to.
-PACKAGED_RUNBOOK = Path(__file__).with_name("runbook.md")
+PACKAGED_RUNBOOK = PACKAGE_DIR / "runbook.md"
 
 
 def _runbook_file(settings: Settings) -> str:

@@ -44,10 +44,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .catalog import INGESTION, METER_FILES_REJECTED_TOTAL, MODEL_ANOMALIES_DETECTED, Level
-from .config import Settings
-from .data import DAY_S, FutureLimit, Series, iso, iso_all, read_csv, validate
-from .errors import (
+from smartgrid.catalog import INGESTION, METER_FILES_REJECTED_TOTAL, MODEL_ANOMALIES_DETECTED, Level
+from smartgrid.config import Settings
+from smartgrid.domain.predictions import PredictionService, utcnow
+from smartgrid.engine.data import DAY_S, FutureLimit, Series, iso, iso_all, read_csv, validate
+from smartgrid.engine.model_files import ANOMALY_DETECTOR
+from smartgrid.errors import (
     DataValidationError,
     DependencyUnavailableError,
     ForecastUnavailableError,
@@ -55,10 +57,9 @@ from .errors import (
     Problem,
     SmartgridError,
 )
-from .observability import logger, metrics
-from .registry import ANOMALY_DETECTOR
-from .service import PredictionService, utcnow
-from .store import meter, notify
+from smartgrid.observability import logger, metrics
+from smartgrid.store import meter_bucket as meter
+from smartgrid.store import notify
 
 # A claim is held this long: past the function's timeout, so only a dead attempt loses it early
 # (and then its own retry, carrying the same Lambda request id, takes it over at once; any
@@ -438,7 +439,7 @@ class Ingestor:
     def _anomalies(
         self, obj: MeterObject, mk: meter.MeterKey, series: Series, outcome: IngestOutcome
     ) -> tuple[dict[str, Any] | None, str | None]:
-        from .anomaly import detect as run_detect
+        from smartgrid.engine.anomaly import detect as run_detect
 
         with _stage(obj, "reading the site's earlier accepted readings"):
             scanned = self._with_context(mk, series, outcome.accepted_key or "")
@@ -540,7 +541,7 @@ def anomaly_message(obj: MeterObject, outcome: IngestOutcome, summary: dict[str,
 
 def build_ingestor(settings: Settings) -> Ingestor:
     """The models (the service's), the DynamoDB store and the markers, once per container."""
-    from .service import build_service
-    from .store.dynamo import DynamoStore
+    from smartgrid.domain.predictions import build_service
+    from smartgrid.store.predictions_table import DynamoStore
 
     return Ingestor(settings, build_service(settings), DynamoStore(settings))

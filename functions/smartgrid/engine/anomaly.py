@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .data import DAY_S, iso, run_lengths
-from .errors import ModelIntegrityError
+from smartgrid.engine.data import DAY_S, iso, run_lengths
+from smartgrid.errors import ModelIntegrityError
 
 if TYPE_CHECKING:
-    from .data import Series
-    from .registry import LoadedModel
+    from smartgrid.engine.data import Series
+    from smartgrid.engine.model_files import LoadedModel
 
 KINDS: tuple[str, ...] = ("normal", "spike", "dip", "flatline", "level_shift")
 MISSING = "missing"

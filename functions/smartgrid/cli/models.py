@@ -13,9 +13,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .cli import _errors, app, err, models_app, out
-from .config import get_settings
-from .errors import DependencyUnavailableError
+from smartgrid.cli.main import _errors, app, err, models_app, out
+from smartgrid.config import get_settings
+from smartgrid.errors import DependencyUnavailableError
 
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the pointer and the decision)")]
 
@@ -64,7 +64,7 @@ def models_publish(
     reason: ReasonOpt = None,
 ) -> None:
     """Upload a local model set to the models bucket as a new set and make it champion."""
-    from .model_registry import publish
+    from smartgrid.domain.champion import publish
 
     with _registry_errors():
         settings = get_settings()
@@ -76,7 +76,7 @@ def models_publish(
 @models_app.command("rollback")
 def models_rollback(reason: ReasonOpt = None) -> None:
     """Point the champion back at its previous set (a second rollback undoes the first)."""
-    from .model_registry import rollback
+    from smartgrid.domain.champion import rollback
 
     with _registry_errors():
         settings = get_settings()
@@ -92,7 +92,7 @@ def models_champion(
     """Show the champion pointer and its set (what the API serves)."""
     from dataclasses import asdict
 
-    from .model_registry import read_champion, read_set_info
+    from smartgrid.domain.champion import read_champion, read_set_info
 
     with _registry_errors():
         settings = get_settings()
@@ -116,7 +116,7 @@ def models_decisions(
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the latest decisions")] = 10,
 ) -> None:
     """The latest registry decisions (retraining rounds, publishes, rollbacks)."""
-    from .model_registry import list_decisions, read_decision
+    from smartgrid.domain.champion import list_decisions, read_decision
 
     with _registry_errors():
         settings = get_settings()
@@ -147,7 +147,7 @@ def retrain(
 ) -> None:
     """Champion/challenger retraining on the accepted meter data, as the monthly job runs it:
     train on all but the last days, score both sets on those days, promote only if better."""
-    from .retraining import retrain as run
+    from smartgrid.domain.retraining import retrain as run
 
     with _registry_errors():
         settings = get_settings()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DAY_S
+from smartgrid.engine.data import DAY_S
 
 FEATURE_NAMES: tuple[str, ...] = (
     "tod_sin",
@@ -117,7 +117,7 @@ def _holiday_days(country: str, subdivision: str | None) -> np.ndarray:
 
 
 def write_calendar(country: str, subdivision: str | None = None) -> Path:
-    from .io_utils import atomic_write_text
+    from smartgrid.engine.atomic import atomic_write_text
 
     days = compute_holiday_days(country.upper(), subdivision)
     path = calendar_file(country.upper(), subdivision)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..config import Settings
-from ..errors import ConflictError, DependencyUnavailableError
-from ..observability import trace_aws_sdk
-from .aws import client
+from smartgrid.config import Settings
+from smartgrid.errors import ConflictError, DependencyUnavailableError
+from smartgrid.observability import trace_aws_sdk
+from smartgrid.store.aws import client
 
 # Error codes S3 answers for an object or bucket that does not exist.
 _MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}

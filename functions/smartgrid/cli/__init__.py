@@ -1,0 +1,1 @@
+"""The ``smartgrid`` console script: ``main.app`` assembles one command group per module."""
