@@ -7,7 +7,7 @@ The reference is a single LightGBM regressor of the same normalised target (load
 mean) on the same feature matrix, with its number of trees chosen by early stopping on the
 last 15% of the training days (max 4000, learning rate 0.05) and then refitted on all
 training days; it is tried with 31 and 63 leaves and the better of the two is the bar.
-Bars (issue 2): MoE MAPE at least 30% below the better naive baseline, and no worse than
+Bars: MoE MAPE at least 30% below the better naive baseline, and no worse than
 the LightGBM reference; P10-P90 coverage within 75-85%.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smartgrid.engine.data import load_series
+from smartgrid.engine.csv_files import load_series
 from smartgrid.engine.features import HolidayCalendar
 from smartgrid.training.backtest import run_backtest
 from smartgrid.training.baseline import relative_offsets

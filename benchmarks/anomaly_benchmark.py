@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smartgrid.engine import model_files as registry
-from smartgrid.engine.data import iso, load_series
+from smartgrid.engine import model_files
+from smartgrid.engine.csv_files import load_series
+from smartgrid.engine.data import iso
 from smartgrid.training import anomaly_train as at
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             n_rounds=args.rounds,
             progress=lambda msg: print(f"  {msg}", flush=True),
         )
-        model = registry.load_model(out_dir, registry.ANOMALY_DETECTOR)
+        model = model_files.load_model(out_dir, model_files.ANOMALY_DETECTOR)
     m = meta.metrics
     test = [p[1] for p in parts]
     events = [at.eval_events(s) for s in test]

@@ -393,18 +393,18 @@ def profile_split(stats: Any, measured_s: float, calls: int) -> dict[str, Any]:
 
     parts = {
         "dynamodb_cache_read (GetItem / BatchGetItem)": lambda f, n: (
-            f.endswith("smartgrid/store/dynamo.py") and n == "cache_get_many"
+            f.endswith("smartgrid/store/predictions_table.py") and n == "cache_get_many"
         ),
         "dynamodb_save (predictions + cache entries, BatchWriteItem)": lambda f, n: (
-            f.endswith("smartgrid/store/dynamo.py") and n == "save_predictions"
+            f.endswith("smartgrid/store/predictions_table.py") and n == "save_predictions"
         ),
         "forecast_total (validate, features, session.run)": lambda f, n: (
-            f.endswith("smartgrid/forecast.py") and n == "forecast_many"
+            f.endswith("smartgrid/engine/forecast.py") and n == "forecast_many"
         ),
         "onnxruntime_session_run": lambda f, n: f.endswith("onnxruntime_inference_collection.py") and n == "run",
-        "build_features": lambda f, n: f.endswith("smartgrid/features.py") and n == "build_features",
+        "build_features": lambda f, n: f.endswith("smartgrid/engine/features.py") and n == "build_features",
         "readings_from_records (parse 672 timestamps)": lambda f, n: (
-            f.endswith("smartgrid/data.py") and n == "readings_from_records"
+            f.endswith("smartgrid/engine/data.py") and n == "readings_from_records"
         ),
         "fastapi_solve_dependencies (body validation, auth)": lambda f, n: (
             f.endswith("fastapi/dependencies/utils.py") and n == "solve_dependencies"
@@ -576,7 +576,7 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def bench_env(endpoint: str) -> dict[str, str]:
-    from smartgrid.api.app import hash_key
+    from smartgrid.api.auth import hash_key
 
     return {
         "AWS_ENDPOINT_URL": endpoint,

@@ -1,6 +1,7 @@
-"""The API contract fuzzed longer: tests/test_fuzz_api.py's schemathesis run (every operation of
-the app's OpenAPI document, positive and negative generation, a valid / no / wrong API key,
-schemathesis' checks and ours) with more examples per operation and a random seed.
+"""The API contract fuzzed longer: tests/reliability/test_fuzz_api.py's schemathesis run (every
+operation of the app's OpenAPI document, positive and negative generation, a valid / no /
+wrong API key, schemathesis' checks and ours) with more examples per operation and a random
+seed.
 
     python3 -m uv run --frozen --all-extras python benchmarks/fuzz_api.py [--examples N] [--seed S]
     python3 -m uv run --frozen --all-extras python benchmarks/fuzz_api.py --url http://localhost:8000 --api-key KEY
@@ -30,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST = "tests/test_fuzz_api.py"
+TEST = "tests/reliability/test_fuzz_api.py"
 RESULTS = ROOT / "benchmarks" / "results" / "fuzz.json"
 
 

@@ -18,14 +18,14 @@ queue; its ceiling is about 1 / (API CPU + emulator time) per request, not the c
 
 Traffic (one API key, the local user), weights out of 100: 70 POST /predict/single with a body
 never sent before (examples/predict_single.json with its last load value changed, as
-tests/test_api.py ``vary`` does: a cache miss, a model run and two DynamoDB calls), 10 POST
+tests/helpers/bodies.py ``vary`` does: a cache miss, a model run and two DynamoDB calls), 10 POST
 /predict/single with one of 8 bodies sent before (cache hits), 10 POST /anomalies/detect (the
 example's 28 days), 5 GET /health, 5 GET /models. Every response that is not 2xx and every
 connection error or timeout counts as an error.
 
 Step test: closed loop, zero wait, users 1, 2, 4, 8, 16, 32 (``--users``), each step
 ``--step-seconds`` measured after ``--warmup-seconds`` at its user count; it stops after the
-first step that is saturated: errors, p99 above 500 ms (the operations manual's latency alarm),
+first step that is saturated: errors, p99 above 500 ms (the latency alarm, docs/requirements.md#alerts),
 or requests/s not more than 5% above the best step so far. The saturation throughput is the best
 requests/s of a step with no errors and p99 <= 500 ms (the best of any step is recorded too).
 
@@ -90,7 +90,7 @@ from smartgrid.catalog import ALERTS
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 API_KEY = "load-soak-key-not-a-secret"
-# the operations manual's latency alarm (latency-p99-info; its threshold is in ms)
+# the latency alarm of docs/requirements.md#alerts (latency-p99-info; its threshold is in ms)
 P99_LIMIT_MS = float(next(a.threshold for a in ALERTS if a.id == "latency-p99-info"))
 GROWTH_STEP = 1.05  # a step must beat the best so far by more than 5% to count as growth
 MEMORY_TOLERANCE_MIB = 2.0

@@ -2,7 +2,7 @@
 
     uv run --all-extras python benchmarks/retraining_footprint.py [--data FILE ...] [--json OUT]
 
-Runs ``smartgrid.retraining.retrain`` exactly as the job does, against moto's in-process S3:
+Runs ``smartgrid.domain.retraining.retrain`` exactly as the job does, against moto's in-process S3:
 the bundled models are published as the champion (a first deploy), each data file becomes one
 site whose readings arrive as monthly CSV files under ``accepted/``, and the round gathers
 them, trains the challenger with 2 LightGBM threads (the retraining function's 3,538 MB buy
@@ -78,16 +78,16 @@ def main() -> int:
     from moto import mock_aws
 
     from smartgrid.config import BUNDLED_MODEL_DIR, get_settings
-    from smartgrid.domain import champion as model_registry
     from smartgrid.domain import retraining
-    from smartgrid.engine.data import load_series
+    from smartgrid.domain.champion import publish
+    from smartgrid.engine.csv_files import load_series
 
     with mock_aws():
         settings = get_settings()
         s3 = boto3.client("s3", region_name=settings.aws_region)
         for bucket in (settings.models_bucket, settings.meter_data_bucket):
             s3.create_bucket(Bucket=bucket)
-        champion = model_registry.publish(settings, BUNDLED_MODEL_DIR, reason="benchmark: first deploy")
+        champion = publish(settings, BUNDLED_MODEL_DIR, reason="benchmark: first deploy")
         files = 0
         for path in args.data:
             site = path.name.split(".")[0].split("_")[0]

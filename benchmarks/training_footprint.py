@@ -20,7 +20,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from smartgrid.engine.data import load_series
+from smartgrid.engine.csv_files import load_series
 from smartgrid.engine.features import HolidayCalendar
 from smartgrid.training.pipeline import train_all
 

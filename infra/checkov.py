@@ -1,8 +1,8 @@
 """checkov's findings on the synthesized template that this design accepts, each with its reason.
 
-checkov (tools/scanners, run on ``cdk synth``'s output by tests/test_infra.py) reads skips from a
-resource's ``Metadata.checkov.skip``; they are added here to the narrowest resources, the same
-way infra/nag.py acknowledges cdk-nag's findings. Any other failed check fails the test.
+checkov (tools/scanners, run on ``cdk synth``'s output by tests/infra/test_infra.py) reads
+skips from a resource's ``Metadata.checkov.skip``; they are added here to the narrowest
+resources, the same way infra/nag.py acknowledges cdk-nag's findings. Any other failed check fails the test.
 """
 
 from __future__ import annotations
@@ -47,15 +47,15 @@ NO_STAGE_CACHE = (
     "cache would hand one client's answer to another; the app caches identical inputs itself for 5 minutes"
 )
 OPEN_HEALTH = (
-    "GET /health is open by the operations manual's contract (the health probe and load balancers call it "
-    "without a key); it returns status and dependency states only, no customer data"
+    "GET /health is open by contract (docs/requirements.md#health: the health probe and load balancers call "
+    "it without a key); it returns status and dependency states only, no customer data"
 )
 LOG_SINK = "this is the access-log bucket itself: logging it would log into itself"
 LOG_VERSIONS = "access-log objects are written once by S3's log delivery and expire after 90 days"
 BACKUP_VERSIONS = (
     "each backup is written under a new per-second prefix (the job refuses a prefix that has objects) with a "
-    "checksummed manifest; the role's only delete is of a manifest that failed read-back, and the manual's "
-    "30-day retention is the bucket's lifecycle: versions would keep copies past it"
+    "checksummed manifest; the role's only delete is of a manifest that failed read-back, and the required "
+    "30-day retention (docs/requirements.md#backups) is the bucket's lifecycle: versions would keep copies past it"
 )
 
 

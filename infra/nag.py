@@ -88,8 +88,8 @@ def add_nag(app: cdk.App, stack: SmartgridStack) -> None:
         _ack(
             api,
             finding,
-            "clients authenticate with API keys (the manual's contract: an API key for every endpoint but /health); "
-            "the usage plan throttles and meters each key; /health is public by design for probes",
+            "clients authenticate with API keys (docs/requirements.md#health: an API key for every endpoint but "
+            "/health); the usage plan throttles and meters each key; /health is public by design for probes",
         )
     _ack(
         api,

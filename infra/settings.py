@@ -1,5 +1,5 @@
 """Deployment settings: typed, validated, read from CDK context (``cdk.json`` or ``-c key=value``),
-never from edits to code. Defaults come from ``smartgrid.catalog`` and the operations manual."""
+never from edits to code. Defaults come from ``smartgrid.catalog`` and docs/requirements.md."""
 
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ class DeploySettings(BaseModel):
     architecture: Literal["x86_64", "arm64"] = "x86_64"
     # Escalation level -> addresses subscribed to its topic (email). Empty: subscribe later.
     alert_emails: dict[Level, list[str]] = Field(default_factory=dict)
-    # API function. The manual's uvicorn ran 9 workers with limit_concurrency 1000; Lambda runs one
-    # request per instance, and an account starts with 1000 concurrent executions in all, so
-    # the API reserves 100 (~2000 single forecasts/s at 50 ms, 25 full batches/s at 4 s).
+    # API function. The VM deployment's uvicorn ran 9 workers with limit_concurrency 1000
+    # (docs/requirements.md#performance); Lambda runs one request per instance, and an account
+    # starts with 1000 concurrent executions in all, so the API reserves 100 (~2000 single
+    # forecasts/s at 50 ms, 25 full batches/s at 4 s).
     api_memory_mb: int = Field(default=API.memory_mb, ge=512, le=10_240)
     api_reserved_concurrency: int = Field(default=100, ge=1, le=1000)
     # Stage-wide throttling: limit_concurrency 1000 is the burst; the steady rate half of it.

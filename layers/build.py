@@ -127,9 +127,9 @@ SMOKE = """
 import sys, json
 import numpy as np
 import onnxruntime
-from smartgrid.data import readings_from_records
-from smartgrid.forecast import Forecaster, ModelSet
-from smartgrid.features import HolidayCalendar
+from smartgrid.engine.data import readings_from_records
+from smartgrid.engine.forecast import Forecaster, ModelSet
+from smartgrid.engine.features import HolidayCalendar
 body = json.load(open(sys.argv[1]))["history"]
 ms = ModelSet.load(sys.argv[2])
 fc = Forecaster(ms, HolidayCalendar("US")).forecast_readings(
@@ -147,7 +147,7 @@ class Context:
     function_name, memory_limit_in_mb, aws_request_id = "smoke", 1024, "smoke"
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:smoke"
 assert handler.handler(event, Context())["statusCode"] == 401
-from smartgrid.features import compute_holiday_days
+from smartgrid.engine.features import compute_holiday_days
 assert len(compute_holiday_days("DE", None)) > 0  # a calendar that is not pre-computed
 print(json.dumps({"onnxruntime": onnxruntime.__version__, "model": fc.model, "p50_first": round(float(fc.p50[0]), 3)}))
 """

@@ -4,10 +4,10 @@ runtime (through the environment variables the CDK app sets from them).
 - metric names and the namespace the functions emit to (EMF, through Powertools);
 - the functions: handler strings, memory, timeouts;
 - the job schedules (EventBridge Scheduler expressions, UTC);
-- the operations manual's escalation levels and its alert table, as data: one ``Alert`` per
-  row, with the serverless metric that row watches, its threshold, period and evaluation
-  window, and the level the manual's escalation matrix routes it to; then the alarms the
-  manual lacks but a serverless deployment needs.
+- the escalation levels and the alert table of docs/requirements.md (#escalation, #alerts),
+  as data: one ``Alert`` per row, with the serverless metric that row watches, its threshold,
+  period and evaluation window, and the level the escalation matrix routes it to; then the
+  alarms the table lacks but a serverless deployment needs.
 
 Plain data, no imports beyond the standard library: the CDK app imports it without loading
 the runtime's dependencies.
@@ -21,7 +21,7 @@ from enum import StrEnum
 SERVICE = "smartgrid"
 NAMESPACE = "Smartgrid"
 
-# --- Metrics. The operations manual's names (its Prometheus metrics), emitted as EMF.
+# --- Metrics. The required names (docs/requirements.md#metrics), emitted as EMF.
 API_REQUESTS_TOTAL = "api_requests_total"
 API_REQUEST_DURATION_SECONDS = "api_request_duration_seconds"
 API_REQUESTS_ERRORS_TOTAL = "api_requests_errors_total"
@@ -74,7 +74,7 @@ BACKUP = FunctionSpec(
     "backup", "smartgrid.jobs.backup.handler", 1024, 900, "Daily backup of tables, models, config", ephemeral_mb=10_240
 )
 # Training all three models took 131.7 s wall and 323 MiB peak with 2 threads on 224k rows
-# (issue 2); 3538 MB buys two vCPUs. Its dependencies (289 MB) exceed a zip Lambda.
+# (benchmarks/training_footprint.py); 3538 MB buys two vCPUs. Its dependencies (289 MB) exceed a zip Lambda.
 RETRAINING = FunctionSpec(
     "retraining",
     "smartgrid.jobs.retraining.handler",
@@ -88,7 +88,7 @@ HEALTH_PROBE = FunctionSpec("health_probe", "smartgrid.jobs.probe.handler", 256,
 USAGE_REPORT = FunctionSpec("usage_report", "smartgrid.jobs.usage.handler", 512, 300, "Monthly usage report")
 INGESTION = FunctionSpec("ingestion", "smartgrid.jobs.ingestion.handler", 1769, 300, "Meter data arriving in S3")
 # Alarm state changes (SNS, from the alarm topic) become incident notifications to the people
-# of the alarm's escalation level (issue 7).
+# of the alarm's escalation level (docs/requirements.md#incidents).
 NOTIFIER = FunctionSpec(
     "notifier", "smartgrid.jobs.notifier.handler", 512, 60, "Alarm state changes to incident notices"
 )
@@ -101,7 +101,7 @@ JOBS: tuple[FunctionSpec, ...] = (BACKUP, RETRAINING, HEALTH_PROBE, USAGE_REPORT
 class Route:
     method: str
     path: str
-    api_key: bool = True  # the manual: every endpoint but /health needs a key
+    api_key: bool = True  # every endpoint but /health needs a key (docs/requirements.md#health)
     json_body: bool = False  # API Gateway rejects a body that is not a JSON object before Lambda runs
 
 
@@ -137,12 +137,12 @@ SCHEDULES: tuple[Schedule, ...] = (
 )
 # Meter data: objects created under this prefix of the meter-data bucket start ingestion.
 METER_DATA_PREFIX = "incoming/"
-# Retention (the manual's): logs 60 days, backups 30 days.
+# Retention: logs 60 days (docs/requirements.md#logs), backups 30 days (#backups).
 LOG_RETENTION_DAYS = 60
 BACKUP_RETENTION_DAYS = 30
 
 
-# --- Escalation (the manual's matrix) and alerts (its alert table).
+# --- Escalation (docs/requirements.md#escalation) and alerts (#alerts).
 class Level(StrEnum):
     L1 = "L1"
     L2 = "L2"
@@ -154,7 +154,7 @@ class EscalationLevel:
     level: Level
     name: str
     who: str
-    contact: str  # the manual's address: a default for the deploy-time subscriptions
+    contact: str  # the level's address (docs/requirements.md#escalation); subscriptions come from alertEmails
     response: str
 
 
@@ -189,7 +189,9 @@ class MetricRef:
 class Alert:
     id: str
     severity: Severity
-    manual: str  # the manual's row (or "serverless" for the alarms it lacks)
+    # Its row of docs/requirements.md#alerts ("condition | action"), or "serverless" for the
+    # alarms that table lacks.
+    requirement: str
     description: str  # what it means, in plain words
     metric: MetricRef | tuple[MetricRef, ...]  # several: their sum (metric math), each missing as 0
     comparison: str  # ">", ">=", "<", "<="
@@ -223,7 +225,7 @@ def _errors(job: FunctionSpec) -> tuple[MetricRef, ...]:
 
 
 ALERTS: tuple[Alert, ...] = (
-    # ---- The manual's alert table, row by row.
+    # ---- The alert table of docs/requirements.md#alerts, row by row.
     Alert(
         "api-down",
         Severity.CRITICAL,
@@ -367,7 +369,7 @@ ALERTS: tuple[Alert, ...] = (
             "usage report job. The alarm tells ops the day's pace reaches 100k a month."
         ),
     ),
-    # ---- What the manual lacks and a serverless service needs.
+    # ---- What that table lacks and a serverless service needs.
     Alert(
         "api-throttled",
         Severity.WARNING,
@@ -511,8 +513,9 @@ def alert_table_markdown() -> str:
         if a.id in CONCURRENCY_FRACTION_ALERTS:
             threshold = f"{a.threshold:.0%} of reserved concurrency"
         who = ESCALATION[a.level]
+        row = a.requirement.split(" | ")[0] if a.requirement != "serverless" else "(serverless)"
         lines.append(
-            f"| `{a.id}` | {a.severity} | {a.manual.split(' | ')[0] if a.manual != 'serverless' else '(serverless)'} "
+            f"| `{a.id}` | {a.severity} | {row} "
             f"| {_metric_text(a.metric)} | {a.comparison} {threshold} | {_window(a)} | {a.level} {who.who}"
             f"{' (raw alarm, not through the notifier)' if a.direct else ''} |"
         )

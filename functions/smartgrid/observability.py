@@ -138,7 +138,8 @@ def trace_aws_sdk() -> None:
 
 def record_memory(context: Any) -> None:
     """The process's peak RSS, and the same against the function's configured memory (Lambda
-    publishes no memory metric; the manual's "Memory > 80%" alarm watches this one)."""
+    publishes no memory metric; the "Memory > 80%" alarm, docs/requirements.md#alerts, watches
+    this one)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
     metrics.add_metric(name=PROCESS_RESIDENT_MEMORY_BYTES, unit="Bytes", value=peak)
     limit_mb = getattr(context, "memory_limit_in_mb", None)

@@ -20,7 +20,7 @@ from .permissions import TABLE_READ, TABLE_WRITE, bucket_actions, table_actions
 from .runtime import LOG_RETENTION, Runtime
 
 STAGE = "v1"
-# The manual's access log, one JSON line per request, with the key's id (our user id).
+# The access log (docs/requirements.md#logs), one JSON line per request, with the key's id (our user id).
 ACCESS_LOG_FIELDS = {
     "requestId": "$context.requestId",
     "ip": "$context.identity.sourceIp",
@@ -160,7 +160,7 @@ class Api(Construct):
                 templates={"application/json": gateway_problem(code, title, status, detail)},
             )
         # API Gateway writes execution logs (errors) to a group it names; made here so that it
-        # has the manual's 60-day retention instead of never expiring.
+        # has the required 60-day retention (docs/requirements.md#logs) instead of never expiring.
         logs.LogGroup(
             self,
             "ExecutionLogs",

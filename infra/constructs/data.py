@@ -21,8 +21,8 @@ def _attribute(key: tuple[str, str]) -> dynamodb.Attribute:
 
 class Data(Construct):
     """``tables``: Settings field (e.g. ``predictions_table``) -> table. Buckets: models
-    (versioned: a promoted model never overwrites the last one), backups (expire after the
-    manual's 30 days), meter data (ingestion's input, EventBridge notifications on), and the
+    (versioned: a promoted model never overwrites the last one), backups (expire after 30
+    days, docs/requirements.md#backups), meter data (ingestion's input, EventBridge notifications on), and the
     access-log bucket the others log to. All encrypted, SSL-only, public access blocked."""
 
     def __init__(self, scope: Construct, id: str, *, settings: DeploySettings) -> None:

@@ -1,5 +1,5 @@
 """Monitoring: an SNS topic per escalation level, one CloudWatch alarm per row of the
-catalog's alert table (the manual's, plus what serverless needs), and a dashboard."""
+catalog's alert table (docs/requirements.md#alerts, plus what serverless needs), and a dashboard."""
 
 from __future__ import annotations
 
@@ -188,8 +188,8 @@ class Alarms(Construct):
 
 def _describe(alert: Alert, who: str) -> str:
     text = f"[{alert.severity}] {alert.description}. Escalation {alert.level} ({who})."
-    if alert.manual != "serverless":
-        text += f" Manual: {alert.manual}."
+    if alert.requirement != "serverless":
+        text += f" Manual: {alert.requirement}."
     return text[:1024]
 
 

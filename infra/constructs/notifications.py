@@ -1,5 +1,5 @@
 """The notifier: alarm state changes (the alarm topic) become incident notices in the
-operations manual's format for the people of each alarm's escalation level, with an optional
+format of docs/requirements.md#incidents for the people of each alarm's escalation level, with an optional
 chat webhook whose URL lives in SSM. Failed deliveries are retried, then kept in the
 notifier's own dead-letter queue, whose alarm goes straight to L2 (not through the notifier)."""
 

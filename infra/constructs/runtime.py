@@ -1,6 +1,6 @@
 """What every function shares: the two layers (built by layers/build.py, no Docker), one code
 asset (the ``smartgrid`` package), the environment from the catalog and the data stores, log
-groups with the manual's 60-day retention, X-Ray, and a factory that builds each function
+groups with the required 60-day retention (docs/requirements.md#logs), X-Ray, and a factory that builds each function
 from its ``FunctionSpec``."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ IMAGE_CONTEXT = [
 ]
 
 
-# CloudWatch Logs accepts only some retention periods; the manual's 60 days is one of them.
+# CloudWatch Logs accepts only some retention periods; the required 60 days is one of them.
 _RETENTION = {30: logs.RetentionDays.ONE_MONTH, 60: logs.RetentionDays.TWO_MONTHS, 90: logs.RetentionDays.THREE_MONTHS}
 LOG_RETENTION = _RETENTION[LOG_RETENTION_DAYS]
 

@@ -17,7 +17,8 @@ from aws_lambda_powertools.logging import correlation_paths
 from mangum import Mangum
 from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 
-from smartgrid.api.app import create_app, problem
+from smartgrid.api.app import create_app
+from smartgrid.api.problems import BAD_BODY
 from smartgrid.catalog import PROBLEM_JSON
 from smartgrid.observability import logger, metrics, record_memory, tracer
 
@@ -47,7 +48,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
         return asgi_handler(event, context)
     except binascii.Error:  # isBase64Encoded with a body that is not base64 (direct invokes only)
-        body = problem(400, "Bad request", "the body is marked base64-encoded but is not", code="bad-body")
-        return {"statusCode": 400, "headers": {"content-type": PROBLEM_JSON}, "body": json.dumps(body)}
+        body = BAD_BODY.body("the body is marked base64-encoded but is not")
+        return {"statusCode": BAD_BODY.status, "headers": {"content-type": PROBLEM_JSON}, "body": json.dumps(body)}
     finally:
         record_memory(context)

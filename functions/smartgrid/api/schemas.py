@@ -1,6 +1,7 @@
-"""Request and response bodies. Requests are strict: unknown fields, wrong types and
-non-finite numbers are refused with the field named; responses are documented here and
-rendered directly (no second validation pass on the way out)."""
+"""Request and response bodies (pydantic models). Requests are strict: unknown fields, wrong
+types and non-finite numbers are refused with the field named. Responses are the routes'
+``response_model``: FastAPI validates what a route returns against them before writing it
+(GET /models only documents ``ModelList``: see ``api/routers/models.py``)."""
 
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ class ActualsRequest(Parallel):
     load: list[Load] = Field(min_length=1, max_length=288)
 
 
-# ---------------------------------------------------------------- responses (documentation)
+# ---------------------------------------------------------------- responses
 class ForecastStep(BaseModel):
     timestamp: str
     p10: float

@@ -1,1 +1,1 @@
-"""The ``smartgrid`` console script: ``main.app`` assembles one command group per module."""
+"""The ``smartgrid`` console script: ``main.app`` adds the Typer instances of one module per command group."""

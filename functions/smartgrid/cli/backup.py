@@ -1,5 +1,7 @@
-"""`smartgrid backup`, `smartgrid backups list|verify`, `smartgrid restore` (issue 5): the
-daily backup run by hand, the backups in the bucket, and the disaster-recovery restore."""
+"""``backup``, ``restore`` and the ``backups`` group (list, verify): backups and the disaster-recovery restore."""
+
+# The daily backup run by hand, the backups in the backups bucket, and the restore; see
+# docs/requirements.md#backups and docs/requirements.md#disaster-recovery.
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from smartgrid.cli.main import _errors, app, err, out
+from smartgrid.cli.common import err, errors, out
 from smartgrid.config import get_settings
 
-backups_app = typer.Typer(help="List and verify the backups in the backups bucket.", no_args_is_help=True)
-app.add_typer(backups_app, name="backups")
+commands = typer.Typer()
+group = typer.Typer(help="List and verify the backups in the backups bucket.", no_args_is_help=True)
 
 BackupOpt = Annotated[
     str, typer.Option("--backup", help="Backup id (e.g. 20261128T020000Z, see `smartgrid backups list`) or 'latest'")
@@ -27,12 +29,12 @@ BackupOpt = Annotated[
 
 @contextmanager
 def _backup_errors() -> Iterator[None]:
-    """As ``_errors``, plus: a backup that does not verify exits 3, an AWS call that fails 1."""
+    """As ``errors``, plus: a backup that does not verify exits 3, an AWS call that fails 1."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from smartgrid.domain.backup import BackupIntegrityError
 
-    with _errors():
+    with errors():
         try:
             yield
         except BackupIntegrityError as exc:
@@ -56,7 +58,7 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-@app.command("backup")
+@commands.command("backup")
 def backup_command() -> None:
     """Back up now, as the daily job does: every table (on-demand backup + item copy), the
     models bucket, the bundled models and the configuration, verified, then the manifest."""
@@ -74,7 +76,7 @@ def backup_command() -> None:
     out.print(f"  models bucket: {result.models} objects")
 
 
-@backups_app.command("list")
+@group.command("list")
 def backups_list(
     verify: Annotated[bool, typer.Option("--verify", help="Also re-read every object and check its sha256")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
@@ -110,7 +112,7 @@ def backups_list(
         out.print("no backups")
 
 
-@backups_app.command("verify")
+@group.command("verify")
 def backups_verify(backup: BackupOpt) -> None:
     """Check a backup as a restore would (manifest and every object's sha256), changing nothing.
     Exit 3 if it does not verify."""
@@ -123,7 +125,7 @@ def backups_verify(backup: BackupOpt) -> None:
     out.print(f"backup {backup_id}: verified, {len(manifest.objects)} objects, {_size(manifest.total_bytes)}")
 
 
-@app.command("restore")
+@commands.command("restore")
 def restore_command(
     backup: BackupOpt,
     tables: Annotated[bool, typer.Option("--tables", help="Restore the tables")] = False,
@@ -155,7 +157,8 @@ def restore_command(
 ) -> None:
     """Restore a backup: verifies it completely first, refuses to overwrite live data without
     --yes, and verifies what it restored. No part flags: tables, models and config."""
-    from smartgrid.domain.backup import RestoreOptions, check_backup_id, latest_backup, restore
+    from smartgrid.domain.backup import check_backup_id, latest_backup
+    from smartgrid.domain.restore import RestoreOptions, restore
 
     with _backup_errors():
         settings = get_settings()

@@ -1,4 +1,6 @@
-"""`smartgrid incidents list` (issue 7): the incidents the notifier opened, newest first."""
+"""The ``incidents`` group (list): the incidents the notifier opened, newest first."""
+
+# See docs/requirements.md#incidents.
 
 from __future__ import annotations
 
@@ -8,14 +10,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from smartgrid.cli.main import _errors, app, out
+from smartgrid.cli.common import errors, out
 from smartgrid.config import get_settings
 
-incidents_app = typer.Typer(help="Incidents opened by alarms (the notifier).", no_args_is_help=True)
-app.add_typer(incidents_app, name="incidents")
+group = typer.Typer(help="Incidents opened by alarms (the notifier).", no_args_is_help=True)
 
 
-@incidents_app.command("list")
+@group.command("list")
 def list_(
     only_open: Annotated[bool, typer.Option("--open", help="Only incidents still open")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list instead of a table")] = False,
@@ -23,7 +24,7 @@ def list_(
     """Incidents with id, severity, alarm, status, detected, resolved and duration (newest first)."""
     from smartgrid.domain.incidents import human_duration, list_incidents
 
-    with _errors():
+    with errors():
         found = list_incidents(get_settings(), only_open=only_open)
     rows = [
         {

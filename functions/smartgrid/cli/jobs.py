@@ -1,5 +1,7 @@
-"""`smartgrid ingest` and `smartgrid usage` (issue 5): the ingestion and usage-report jobs,
-run from a shell against the configured AWS (or AWS_ENDPOINT_URL)."""
+"""``ingest``, ``usage`` and ``probe``: the ingestion, usage-report and health-probe jobs, run from a shell."""
+
+# They run against the configured AWS (or AWS_ENDPOINT_URL) as the scheduled jobs do; the probe
+# checks the API's /health (docs/requirements.md#health).
 
 from __future__ import annotations
 
@@ -12,9 +14,35 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from smartgrid.cli.main import _check_outputs, _errors, _write_json, app, err, out
+from smartgrid.cli.common import check_outputs, err, errors, out, write_json
 from smartgrid.config import get_settings
 from smartgrid.errors import DependencyUnavailableError
+
+commands = typer.Typer()
+# `probe` has its own instance only so that `smartgrid --help` keeps listing it where it always
+# has, after `calendar` (main.py adds the instances in that order).
+probe_commands = typer.Typer()
+
+
+@probe_commands.command("probe")
+def probe_command(
+    url: Annotated[
+        str, typer.Argument(help="The API's base URL, e.g. https://abc.execute-api.eu-west-1.amazonaws.com/v1")
+    ],
+    timeout: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to wait for /health")] = 5.0,
+) -> None:
+    """Probe the API's /health as the scheduled health probe does; exit 1 when not available."""
+    from smartgrid.domain.probe import probe
+
+    with errors():
+        result = probe(url, timeout)
+    shown = f"{result.http_status or 'no answer'} {result.status or result.error or ''}".strip()
+    verdict = "available" if result.available else "[red]NOT available[/]"
+    out.print(f"{result.url}: {verdict} ({shown}, {result.latency_s:.3f} s)")
+    if result.body is not None and result.status != "ok":
+        out.print(result.body)
+    if not result.available:
+        raise typer.Exit(1)
 
 
 @contextmanager
@@ -29,7 +57,7 @@ def _aws_errors() -> Iterator[None]:
         raise typer.Exit(1) from exc
 
 
-@app.command()
+@commands.command()
 def ingest(
     file: Annotated[
         Path | None,
@@ -48,7 +76,7 @@ def ingest(
     (exit 2). A file ingested before is not processed again."""
     from smartgrid.domain.ingestion import MeterObject, build_ingestor
 
-    with _errors(), _aws_errors():
+    with errors(), _aws_errors():
         if (file is None) == (key is None):
             raise ValueError("give either FILE (with --client and --site) or --key KEY")
         if file is not None and not (client and site):
@@ -57,7 +85,7 @@ def ingest(
             raise ValueError("--key names the client and site itself (incoming/<client>/<site>/<name>)")
         if file is not None and not file.is_file():
             raise ValueError(f"{file}: no such file")
-        _check_outputs(json_out)
+        check_outputs(json_out)
         settings = get_settings()
         ingestor = build_ingestor(settings)
         if file is not None:
@@ -67,7 +95,7 @@ def ingest(
             obj = MeterObject(settings.meter_data_bucket, key or "")
         outcome = ingestor.ingest(obj)
         if json_out:
-            _write_json(json_out, outcome.to_dict())
+            write_json(json_out, outcome.to_dict())
     where = f"s3://{outcome.bucket}/{outcome.key}"
     if outcome.status == "accepted":
         out.print(
@@ -105,7 +133,7 @@ def ingest(
         raise typer.Exit(2)
 
 
-@app.command()
+@commands.command()
 def usage(
     month: Annotated[str | None, typer.Option("--month", help="YYYY-MM (UTC); default: last month")] = None,
     publish: Annotated[
@@ -118,12 +146,12 @@ def usage(
     from smartgrid.domain.predictions import utcnow
     from smartgrid.domain.usage import Month, report
 
-    with _errors(), _aws_errors():
+    with errors(), _aws_errors():
         wanted = Month.parse(month) if month else Month.previous(utcnow())
-        _check_outputs(json_out)
+        check_outputs(json_out)
         result, message_id = report(get_settings(), wanted, publish=publish)
         if json_out:
-            _write_json(json_out, {**result.to_dict(), "notification": message_id})
+            write_json(json_out, {**result.to_dict(), "notification": message_id})
     out.print(result.text(), markup=False, highlight=False, soft_wrap=True)
     if publish:
         out.print(f"published to L1 (message {message_id})" if message_id else "no L1 topic configured: not published")

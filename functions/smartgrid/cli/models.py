@@ -1,5 +1,7 @@
-"""`smartgrid models publish|rollback|champion|decisions` and `smartgrid retrain` (issue 5):
-the model registry in the models bucket (see ``smartgrid.model_registry``)."""
+"""The ``models`` group (list, publish, rollback, champion, decisions) and ``retrain``: the model registry."""
+
+# The registry is the models bucket's model sets and champion pointer (smartgrid.domain.champion);
+# see docs/requirements.md#retraining.
 
 from __future__ import annotations
 
@@ -13,17 +15,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from smartgrid.cli.main import _errors, app, err, models_app, out
+from smartgrid.cli.common import ModelsOpt, err, errors, out
 from smartgrid.config import get_settings
 from smartgrid.errors import DependencyUnavailableError
+
+commands = typer.Typer()
+group = typer.Typer(help="Inspect model sets.", no_args_is_help=True)
 
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the pointer and the decision)")]
 
 
 @contextmanager
 def _registry_errors() -> Iterator[None]:
-    """As ``_errors``; an S3 call that fails exits 1 (the registry is unchanged)."""
-    with _errors():
+    """As ``errors``; an S3 call that fails exits 1 (the registry is unchanged)."""
+    with errors():
         try:
             yield
         except DependencyUnavailableError as exc:
@@ -56,7 +61,28 @@ def _show_set(title: str, champion: Any, info: Any) -> None:
     out.print(table)
 
 
-@models_app.command("publish")
+@group.command("list")
+def models_list(models: ModelsOpt = None) -> None:
+    """Show each model's version, window, metrics and whether its checksum verifies."""
+    from smartgrid.engine.forecast import ModelSet
+
+    settings = get_settings()
+    ms = ModelSet.load(models or settings.model_dir)
+    table = Table(title=str(ms.directory))
+    for c in ("model", "status", "version", "training window", "sha256"):
+        table.add_column(c)
+    for d in ms.describe():
+        if d["loaded"]:
+            w = d["training_window"]
+            table.add_row(d["name"], "ok", d["version"], f"{w['start']} .. {w['end']}", d["sha256"][:16])
+        else:
+            table.add_row(d["name"], f"[red]not loaded: {d['error']}[/]", "", "", "")
+    out.print(table)
+    if ms.errors:
+        raise typer.Exit(3)
+
+
+@group.command("publish")
 def models_publish(
     source: Annotated[
         Path, typer.Option("--from", help="Local model directory (e.g. functions/smartgrid/models/default)")
@@ -73,7 +99,7 @@ def models_publish(
     out.print(f"decision recorded: {p.decision_key}")
 
 
-@models_app.command("rollback")
+@group.command("rollback")
 def models_rollback(reason: ReasonOpt = None) -> None:
     """Point the champion back at its previous set (a second rollback undoes the first)."""
     from smartgrid.domain.champion import rollback
@@ -85,7 +111,7 @@ def models_rollback(reason: ReasonOpt = None) -> None:
     out.print(f"decision recorded: {p.decision_key}")
 
 
-@models_app.command("champion")
+@group.command("champion")
 def models_champion(
     as_json: Annotated[bool, typer.Option("--json", help="Print the pointer and set.json as JSON")] = False,
 ) -> None:
@@ -111,7 +137,7 @@ def models_champion(
     _show_set(f"champion (s3://{settings.models_bucket})", champion, info)
 
 
-@models_app.command("decisions")
+@group.command("decisions")
 def models_decisions(
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the latest decisions")] = 10,
 ) -> None:
@@ -138,7 +164,7 @@ def models_decisions(
     out.print(table)
 
 
-@app.command()
+@commands.command()
 def retrain(
     holdout_days: Annotated[
         int | None, typer.Option("--holdout-days", min=1, max=90, help="Days held out (default: the setting)")

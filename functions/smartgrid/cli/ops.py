@@ -1,4 +1,6 @@
-"""`smartgrid ops check` (issue 5): the operators' daily checklist, one line per check."""
+"""The ``ops`` group (check, the operators' daily checklist) and ``alerts``, the alert table."""
+
+# See docs/requirements.md#alerts and docs/requirements.md#escalation.
 
 from __future__ import annotations
 
@@ -9,13 +11,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from smartgrid.cli.main import _errors, app, out
+from smartgrid.cli.common import errors, out
 
-ops_app = typer.Typer(help="Operations: the daily checklist.", no_args_is_help=True)
-app.add_typer(ops_app, name="ops")
+commands = typer.Typer()
+group = typer.Typer(help="Operations: the daily checklist.", no_args_is_help=True)
 
 
-@ops_app.command("check")
+@commands.command()
+def alerts() -> None:
+    """The alert table the CloudWatch alarms are built from (Markdown): what each alarm
+    watches, its threshold and window, and the escalation level it pages."""
+    from smartgrid.catalog import alert_table_markdown
+
+    typer.echo(alert_table_markdown(), nl=False)
+
+
+@group.command("check")
 def check(
     stack: Annotated[
         str | None, typer.Option("--stack", help="A deployed stack (Smartgrid-<env>): its outputs name everything")
@@ -33,7 +44,7 @@ def check(
     from smartgrid.domain import ops
 
     settings = get_settings()
-    with _errors():
+    with errors():
         target = ops.target_for_stack(stack, settings) if stack else ops.Target(settings, settings.api_url, None)
     target = ops.Target(target.settings, url or target.api_url, alarm_prefix or target.alarm_prefix)
     checks = ops.run(target, datetime.now(UTC))

@@ -1,13 +1,12 @@
-"""``smartgrid serve``: the whole API on one machine.
+"""``serve``: the whole API on one machine, on an embedded AWS emulator (moto) or an external one."""
 
-An embedded AWS emulator (moto's server mode, in a thread of this process) stands in for
-DynamoDB; the tables are created from the same pynamodb definitions the code uses; the
-app is the same FastAPI app Lambda runs, served by uvicorn. ``AWS_ENDPOINT_URL`` points
-every AWS client at the emulator, exactly as it would point them at a separate moto server.
-With ``--aws-endpoint URL`` no emulator is started: the tables and buckets are provisioned on
-the one already running at URL (a moto server in its own process, LocalStack), which keeps the
-stored items out of this process (the load and soak benchmark measures this process's memory).
-"""
+# An embedded AWS emulator (moto's server mode, in a thread of this process) stands in for
+# DynamoDB; the tables are created from the same pynamodb definitions the code uses; the app is
+# the same FastAPI app Lambda runs, served by uvicorn. ``AWS_ENDPOINT_URL`` points every AWS
+# client at the emulator, exactly as it would point them at a separate moto server. With
+# ``--aws-endpoint URL`` no emulator is started: the tables and buckets are provisioned on the one
+# already running at URL (a moto server in its own process, LocalStack), which keeps the stored
+# items out of this process (the load and soak benchmark measures this process's memory).
 
 from __future__ import annotations
 
@@ -16,7 +15,13 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+
+from smartgrid.cli.common import errors
+
+commands = typer.Typer()
 
 LOCAL_USER = "local-user"
 
@@ -69,7 +74,7 @@ def external_endpoint(url: str, timeout_s: float = 5.0) -> str:
 
 def local_environment(endpoint: str, api_key: str) -> dict[str, str]:
     """Environment for the app against the emulator: endpoint, dummy credentials, one key."""
-    from smartgrid.api.app import hash_key
+    from smartgrid.api.auth import hash_key
 
     return {
         "AWS_ENDPOINT_URL": endpoint,
@@ -141,3 +146,28 @@ def _tables(settings: Any) -> list[str]:
     from smartgrid.store.tables import TABLES
 
     return [getattr(settings, name) for name in TABLES]
+
+
+@commands.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="API port")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="SMARTGRID_LOCAL_API_KEY", help="Local API key (default: random)")
+    ] = None,
+    emulator_port: Annotated[
+        int | None, typer.Option("--emulator-port", min=1, max=65535, help="Port of the embedded AWS emulator")
+    ] = None,
+    aws_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--aws-endpoint",
+            metavar="URL",
+            help="Use the AWS emulator already running at URL (e.g. python -m moto.server -p 5000) instead of "
+            "starting one: tables and buckets are provisioned there",
+        ),
+    ] = None,
+) -> None:
+    """Run the API on this machine, on an embedded AWS emulator (moto), with the bundled models."""
+    with errors():
+        serve(host, port, api_key, emulator_port, aws_endpoint)

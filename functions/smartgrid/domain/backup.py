@@ -1,5 +1,6 @@
-"""Verified backups and restores: the manual's daily backup (02:00) and its disaster-recovery
-scenarios 2 (a table corrupted), 3 (model files lost) and 4 (everything lost, stack redeployed).
+"""Taking verified backups, listing them and verifying them: the daily backup (02:00) of
+``docs/requirements.md#backups``, the copy that the scenarios of
+``docs/requirements.md#disaster-recovery`` restore from (the restore itself: ``restore``).
 
 One backup is one id (its UTC start, ``20261128T020000Z``) and everything under
 ``backups/<id>/`` in the backups bucket:
@@ -20,14 +21,8 @@ One backup is one id (its UTC start, ``20261128T020000Z``) and everything under
   schema and backup ARN, and the manifest's own sha256 (over the rest of it, read back). A
   backup without a manifest is incomplete and is never restored from.
 
-A restore verifies the manifest and every object's sha256 before it touches anything, puts
-back exactly what the manifest lists (into the tables and buckets the *current* Settings name,
-so a redeployed stack with new physical names works), refuses to overwrite live data unless
-told to, and verifies the result: each restored table re-scanned and compared item by item,
-each restored object and file read back and hashed. Model objects already there with the
-backup's contents are skipped, missing ones are put back without ``--yes``, ones that differ
-need ``--yes``; the champion pointer (``registry/champion.json``) is never replaced by the
-backup's unless asked (``--champion``), so promotions and rollbacks made since stand.
+The manifest's model and checks, the items' encoding and the checksums of what is read back
+are in ``backup_format``, shared with ``restore``.
 
 Scale and limits. Memory stays small whatever the data: a table is read one Scan page (at most
 1 MB) at a time and streamed through gzip into a temporary file on disk, and uploads go up in
@@ -38,7 +33,7 @@ largest gzip table copy or model object (one at a time; the backup function has 
 ephemeral storage), and time: each table is one sequential Scan, so the whole backup (every
 table, every model object copied through the function) must fit in the Lambda's 900 s. Past
 a few GB of table data, use DynamoDB export to S3 or the on-demand backups instead of the
-portable copy. A restore holds one digest (about 150 bytes) per item of each restored table.
+portable copy.
 
 Retention: the backups bucket's lifecycle rule expires backups after
 ``catalog.BACKUP_RETENTION_DAYS`` days; after a successful run the job deletes the DynamoDB
@@ -54,48 +49,51 @@ import gzip
 import hashlib
 import io
 import json
-import mimetypes
 import re
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import IO, Any, Literal
 
 from smartgrid.catalog import BACKUP_RETENTION_DAYS
 from smartgrid.config import Settings
-from smartgrid.engine.atomic import atomic_write_bytes
-from smartgrid.errors import ConflictError, NotFoundError, SmartgridError
+from smartgrid.domain.backup_format import (
+    BUNDLED_DIR,
+    CONFIG,
+    FORMAT_VERSION,
+    MANIFEST,
+    MODELS_DIR,
+    TABLES_DIR,
+    BackupIntegrityError,
+    KeyAttribute,
+    Manifest,
+    ObjectEntry,
+    TableEntry,
+    canonical_json,
+    content_type,
+    encode_item,
+    key_schema_of,
+    manifest_bytes,
+    parse_manifest,
+    problem_listing,
+    remote_sha,
+)
+from smartgrid.errors import ConflictError, NotFoundError
 from smartgrid.observability import logger
 from smartgrid.store import backups as store
 from smartgrid.store.tables import TABLES
 
 BACKUPS_PREFIX = "backups/"
-MANIFEST = "manifest.json"
-CONFIG = "config.json"
-TABLES_DIR = "tables/"
-MODELS_DIR = "models/"
-BUNDLED_DIR = "bundled/"
-FORMAT_VERSION = 1
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z$")
-_CHUNK = 1 << 20
 _SPOOL_BYTES = 4 << 20  # a manifest read back beyond this (it never is) spills to /tmp
-_WRITE_CHUNK = 500  # items handed to BatchWriteItem (25 a call) at a time
-_SHOWN = 20  # problems listed in an error message
 
-CHAMPION_KEY = "registry/champion.json"  # model_registry.CHAMPION_KEY: the champion pointer
 DYNAMODB_BACKUP_PREFIX = "smartgrid-backup-"  # the on-demand backups this code makes (and prunes)
 _OUR_DYNAMODB_BACKUP = re.compile(rf"^{re.escape(DYNAMODB_BACKUP_PREFIX)}(prerestore-)?\d{{8}}T\d{{6}}Z-.")
 
 Progress = Callable[[str], None]
-
-
-class BackupIntegrityError(SmartgridError):
-    """A backup (or a restore's result) does not match its manifest: refused, nothing used."""
 
 
 class BackupNotFoundError(NotFoundError):
@@ -117,187 +115,7 @@ def prefix_of(backup_id: str) -> str:
     return f"{BACKUPS_PREFIX}{backup_id}/"
 
 
-# ------------------------------------------------------------------------- manifest
-class ObjectEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1)  # relative to backups/<id>/
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-
-class KeyAttribute(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    key_type: Literal["HASH", "RANGE"]
-    type: Literal["S", "N", "B"]
-
-
-class TableEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    table_name: str  # the physical name when backed up (a restore writes to the current one)
-    key: str  # the portable copy, relative to backups/<id>/
-    items: int = Field(ge=0)
-    key_schema: list[KeyAttribute] = Field(min_length=1, max_length=2)
-    dynamodb_backup_arn: str
-
-
-class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    format_version: int
-    backup_id: str
-    created_at: datetime
-    completed_at: datetime
-    status: Literal["complete"]
-    source: dict[str, Any]
-    tables: dict[str, TableEntry]  # Settings field (e.g. "predictions_table") -> its copy
-    models_bucket_objects: int = Field(ge=0)
-    objects: list[ObjectEntry]
-    total_bytes: int = Field(ge=0)
-
-    def entry(self, key: str) -> ObjectEntry:
-        return next(o for o in self.objects if o.key == key)
-
-    def keys_under(self, folder: str) -> list[str]:
-        return [o.key for o in self.objects if o.key.startswith(folder)]
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def manifest_bytes(manifest: Manifest) -> bytes:
-    """The manifest as JSON with ``manifest_sha256``: the sha256 of the canonical JSON of
-    everything else, so a changed manifest (a count, a checksum) no longer verifies."""
-    body = manifest.model_dump(mode="json")
-    body["manifest_sha256"] = hashlib.sha256(_canonical(body)).hexdigest()
-    return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
-
-
-def parse_manifest(data: bytes, backup_id: str) -> Manifest:
-    """The manifest, if it is one this code wrote for this backup and unchanged since;
-    ``BackupIntegrityError`` saying what is wrong otherwise."""
-    where = f"backup {backup_id}: {MANIFEST}"
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BackupIntegrityError(f"{where} is not JSON ({exc})") from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("manifest_sha256"), str):
-        raise BackupIntegrityError(f"{where} has no manifest_sha256: not a manifest this code wrote")
-    claimed = raw.pop("manifest_sha256")
-    actual = hashlib.sha256(_canonical(raw)).hexdigest()
-    if actual != claimed:
-        raise BackupIntegrityError(
-            f"{where} was changed after it was written (its sha256 is {actual}, it says {claimed})"
-        )
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise BackupIntegrityError(
-            f"{where} has format {raw.get('format_version')!r}; this code reads {FORMAT_VERSION}"
-        )
-    if raw.get("status") != "complete":
-        raise BackupIntegrityError(f"{where} says status {raw.get('status')!r}, not 'complete'")
-    try:
-        manifest = Manifest.model_validate(raw)
-    except ValidationError as exc:
-        raise BackupIntegrityError(f"{where} is not a valid manifest: {exc}") from exc
-    problems = _manifest_problems(manifest, backup_id)
-    if problems:
-        raise BackupIntegrityError(_listing(f"{where} is not consistent", problems))
-    return manifest
-
-
-def _manifest_problems(m: Manifest, backup_id: str) -> list[str]:
-    problems = []
-    if m.backup_id != backup_id:
-        problems.append(f"it is the manifest of backup {m.backup_id}")
-    keys = [o.key for o in m.objects]
-    if len(set(keys)) != len(keys):
-        problems.append("it lists an object twice")
-    for key in keys:
-        if key.startswith("/") or not (key.startswith((TABLES_DIR, MODELS_DIR, BUNDLED_DIR)) or key == CONFIG):
-            problems.append(f"object {key!r} is not part of a backup's layout")
-        if key.startswith(BUNDLED_DIR):
-            name = key[len(BUNDLED_DIR) :]
-            if "/" in name or "\\" in name or name.startswith(".") or not name:
-                problems.append(f"bundled file {name!r} is not a plain file name")
-    if CONFIG not in keys:
-        problems.append(f"it lists no {CONFIG}")
-    for setting, t in m.tables.items():
-        if t.key not in keys:
-            problems.append(f"table {setting}: its copy {t.key} is not among the objects")
-    if sum(o.size for o in m.objects) != m.total_bytes:
-        problems.append("total_bytes is not the sum of the objects' sizes")
-    if len(m.keys_under(MODELS_DIR)) != m.models_bucket_objects:
-        problems.append("models_bucket_objects is not the number of models/ objects")
-    return problems
-
-
-def _listing(head: str, problems: list[str]) -> str:
-    lines = [f"  - {p}" for p in problems[:_SHOWN]]
-    if len(problems) > _SHOWN:
-        lines.append(f"  ... and {len(problems) - _SHOWN} more")
-    return "\n".join([f"{head} ({len(problems)} problem(s)):", *lines])
-
-
-# -------------------------------------------------------------- items (DynamoDB JSON)
-def _encode_value(v: dict[str, Any]) -> dict[str, Any]:
-    """A boto3 attribute value as JSON: binary as base64, maps and lists recursively."""
-    ((t, x),) = v.items()
-    if t == "B":
-        return {t: base64.b64encode(x).decode()}
-    if t == "BS":
-        return {t: [base64.b64encode(b).decode() for b in x]}
-    if t == "M":
-        return {t: {k: _encode_value(e) for k, e in x.items()}}
-    if t == "L":
-        return {t: [_encode_value(e) for e in x]}
-    return {t: x}
-
-
-def _decode_value(v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict) or len(v) != 1:
-        raise ValueError(f"{v!r} is not a DynamoDB attribute value")
-    ((t, x),) = v.items()
-    if t == "B":
-        return {t: base64.b64decode(x, validate=True)}
-    if t == "BS":
-        return {t: [base64.b64decode(b, validate=True) for b in x]}
-    if t == "M":
-        return {t: {k: _decode_value(e) for k, e in x.items()}}
-    if t == "L":
-        return {t: [_decode_value(e) for e in x]}
-    if t not in ("S", "N", "SS", "NS", "BOOL", "NULL"):
-        raise ValueError(f"unknown DynamoDB type {t!r}")
-    return {t: x}
-
-
-def encode_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _encode_value(v) for k, v in item.items()}
-
-
-def decode_item(item: Any) -> dict[str, Any]:
-    if not isinstance(item, dict) or not item:
-        raise ValueError("not an item (a JSON object of attributes)")
-    return {k: _decode_value(v) for k, v in item.items()}
-
-
-def _normal(v: Any) -> Any:
-    """Sets are unordered in DynamoDB: sort them, so equal items compare equal."""
-    if isinstance(v, dict):
-        return {k: sorted(e) if k in ("SS", "NS", "BS") else _normal(e) for k, e in v.items()}
-    if isinstance(v, list):
-        return [_normal(e) for e in v]
-    return v
-
-
-def item_digest(encoded: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical(_normal(encoded))).hexdigest()
-
-
-def item_key(encoded: dict[str, Any], key_names: list[str]) -> str:
-    return _canonical([encoded.get(k) for k in key_names]).decode()
-
-
-# ------------------------------------------------------------------------- hashing
+# ------------------------------------------------------------ hashing what is written
 def _spool() -> IO[bytes]:
     return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # closed by the caller
 
@@ -375,46 +193,6 @@ class _HashingWriter:
         self.fh.flush()
 
 
-class _Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
-    def hexdigest(self) -> str: ...
-
-
-def _copy_hashing(src: IO[bytes], dst: IO[bytes] | None, hasher: _Hasher | None = None) -> tuple[str, int]:
-    h, n = hasher or hashlib.sha256(), 0
-    while chunk := src.read(_CHUNK):
-        h.update(chunk)
-        n += len(chunk)
-        if dst is not None:
-            dst.write(chunk)
-    return h.hexdigest(), n
-
-
-def _remote_sha(
-    bucket: str, key: str, settings: Settings, into: IO[bytes] | None = None, hasher: _Hasher | None = None
-) -> tuple[str, int] | None:
-    """(sha256, size) of the object, streamed in chunks (copied ``into`` a file if given), or
-    None when it does not exist."""
-    body = store.open_object(bucket, key, settings)
-    if body is None:
-        return None
-    try:
-        return _copy_hashing(body, into, hasher)
-    finally:
-        body.close()
-
-
-def _file_sha(path: Path) -> str:
-    with path.open("rb") as fh:
-        return _copy_hashing(fh, None)[0]
-
-
-def _content_type(key: str) -> str:
-    if key.endswith(".jsonl.gz"):
-        return "application/gzip"
-    return mimetypes.guess_type(key)[0] or "application/octet-stream"
-
-
 # -------------------------------------------------------------------------- backup
 @dataclass(frozen=True)
 class TablePlan:
@@ -456,14 +234,6 @@ class BackupResult:
         }
 
 
-def _key_schema(desc: dict[str, Any]) -> list[KeyAttribute]:
-    types = {a["AttributeName"]: a["AttributeType"] for a in desc.get("AttributeDefinitions", [])}
-    return [
-        KeyAttribute(name=k["AttributeName"], key_type=k["KeyType"], type=types[k["AttributeName"]])
-        for k in desc["KeySchema"]
-    ]
-
-
 def plan_backup(settings: Settings, now: datetime) -> BackupPlan:
     """What a backup now would copy; refuses (before writing anything) when a table, a bucket
     or the bundled models are missing, or when a backup with this id already has objects."""
@@ -479,7 +249,7 @@ def plan_backup(settings: Settings, now: datetime) -> BackupPlan:
         if desc is None:
             missing.append(f"table {name} ({setting})")
         else:
-            tables.append(TablePlan(setting, name, _key_schema(desc)))
+            tables.append(TablePlan(setting, name, key_schema_of(desc)))
     model_dir = Path(settings.model_dir)
     bundled = sorted(p for p in model_dir.glob("*") if p.is_file() and p.suffix in (".onnx", ".json"))
     if not bundled:
@@ -515,7 +285,7 @@ class _Writer:
         else:
             stream = body
             stream.seek(0)
-        uploaded = store.upload_checked(self.bucket, self.prefix + key, stream, self.settings, _content_type(key))
+        uploaded = store.upload_checked(self.bucket, self.prefix + key, stream, self.settings, content_type(key))
         problem = digest.upload_problem(uploaded)
         if problem:
             raise BackupIntegrityError(f"backup {self.prefix}: {key} was not stored as written ({problem})")
@@ -530,7 +300,7 @@ def _dump_table(name: str, settings: Settings, sink: IO[bytes], digest: _Digest)
     count = 0
     with gzip.GzipFile(filename="", mode="wb", fileobj=_HashingWriter(sink, digest), mtime=0) as gz:
         for item in store.scan_items(name, settings):
-            gz.write(_canonical(encode_item(item)) + b"\n")
+            gz.write(canonical_json(encode_item(item)) + b"\n")
             count += 1
     return count
 
@@ -556,7 +326,7 @@ def run_backup(
     tables: dict[str, TableEntry] = {}
     for t in plan.tables:
         say(f"table {t.table_name}: on-demand backup")
-        arn = store.create_backup(t.table_name, _dynamodb_backup_name(t.table_name, plan.backup_id), settings)
+        arn = store.create_backup(t.table_name, dynamodb_backup_name(t.table_name, plan.backup_id), settings)
         say(f"table {t.table_name}: scanning")
         with _temp_file() as tmp:
             digest = _Digest()
@@ -569,7 +339,7 @@ def run_backup(
     for key, _size in plan.model_keys:
         with _temp_file() as tmp:
             digest = _Digest()
-            if _remote_sha(settings.models_bucket, key, settings, into=tmp, hasher=digest) is None:
+            if remote_sha(settings.models_bucket, key, settings, into=tmp, hasher=digest) is None:
                 raise NotFoundError(f"model object {key} vanished from {settings.models_bucket} during the backup")
             writer.put(MODELS_DIR + key, tmp, digest)
     say(f"models bucket: {len(plan.model_keys)} objects")
@@ -608,7 +378,7 @@ def run_backup(
     return result
 
 
-def _dynamodb_backup_name(table: str, backup_id: str) -> str:
+def dynamodb_backup_name(table: str, backup_id: str) -> str:
     """``smartgrid-backup-<id>-<table>`` (``<id>``: a backup id, or ``prerestore-<time>``):
     how ``prune_dynamodb_backups`` knows the backups this code made."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{DYNAMODB_BACKUP_PREFIX}{backup_id}-{table}")[:255]
@@ -660,14 +430,16 @@ def _write_manifest(settings: Settings, backup_id: str, manifest: Manifest) -> N
     try:
         store.put_object(settings.backups_bucket, key, data, settings, "application/json")
         with _spool() as spool:
-            got = _remote_sha(settings.backups_bucket, key, settings, into=spool)
+            got = remote_sha(settings.backups_bucket, key, settings, into=spool)
             if got != (hashlib.sha256(data).hexdigest(), len(data)):
                 raise BackupIntegrityError(f"backup {backup_id}: {MANIFEST} did not read back as written")
             spool.seek(0)
             parse_manifest(spool.read(), backup_id)
         problems = _presence_problems(settings, backup_id, manifest)
         if problems:
-            raise BackupIntegrityError(_listing(f"backup {backup_id}: objects changed under the manifest", problems))
+            raise BackupIntegrityError(
+                problem_listing(f"backup {backup_id}: objects changed under the manifest", problems)
+            )
     except BaseException:
         try:
             store.delete_object(settings.backups_bucket, key, settings)
@@ -734,7 +506,7 @@ def _info(settings: Settings, backup_id: str, deep: bool) -> BackupInfo:
             manifest = parse_manifest(data or b"", backup_id)
             problems = _presence_problems(settings, backup_id, manifest, listing)
             if problems:
-                raise BackupIntegrityError(_listing(f"backup {backup_id} is missing objects", problems))
+                raise BackupIntegrityError(problem_listing(f"backup {backup_id} is missing objects", problems))
     except BackupIntegrityError as exc:
         return BackupInfo(backup_id, created, "damaged", len(listing), size, {}, str(exc))
     counts = {s: t.items for s, t in manifest.tables.items()}
@@ -743,7 +515,7 @@ def _info(settings: Settings, backup_id: str, deep: bool) -> BackupInfo:
 
 def _read_small(bucket: str, key: str, settings: Settings) -> bytes | None:
     with _spool() as spool:
-        if _remote_sha(bucket, key, settings, into=spool) is None:
+        if remote_sha(bucket, key, settings, into=spool) is None:
             return None
         spool.seek(0)
         return spool.read()
@@ -780,367 +552,22 @@ def verify_backup(
         if any(p.startswith(f"{o.key}:") for p in problems):
             continue
         if download_to is None:
-            got = _remote_sha(bucket, prefix + o.key, settings)
+            got = remote_sha(bucket, prefix + o.key, settings)
         else:
-            with _local(download_to, o.key).open("wb") as sink:
-                got = _remote_sha(bucket, prefix + o.key, settings, into=sink)
+            with local_copy(download_to, o.key).open("wb") as sink:
+                got = remote_sha(bucket, prefix + o.key, settings, into=sink)
         if got is None:
             problems.append(f"{o.key}: missing")
         elif got != (o.sha256, o.size):
             problems.append(f"{o.key}: sha256 {got[0]} ({got[1]} bytes), the manifest says {o.sha256} ({o.size} bytes)")
     if problems:
         raise BackupIntegrityError(
-            _listing(f"backup {backup_id} does not verify; refusing to use it (nothing was changed)", problems)
+            problem_listing(f"backup {backup_id} does not verify; refusing to use it (nothing was changed)", problems)
         )
     return manifest
 
 
-def _local(root: Path, key: str) -> Path:
+def local_copy(root: Path, key: str) -> Path:
     """Where a verified object is kept during a restore (a name derived from the key's hash:
     S3 keys may hold anything, a file name may not)."""
     return root / hashlib.sha256(key.encode()).hexdigest()
-
-
-# -------------------------------------------------------------------------- restore
-PART_NAMES = ("tables", "models", "config")
-
-
-@dataclass(frozen=True)
-class RestoreOptions:
-    tables: bool = True
-    models: bool = True
-    config: bool = True
-    only_tables: tuple[str, ...] = ()  # Settings fields, short names or physical names; () = all
-    overwrite: bool = False  # --yes: replace live data
-    champion: bool = False  # --champion: put back the backup's champion pointer even if the live one differs
-    config_out: Path | None = None  # None: the config is returned (the CLI prints it)
-    bundled_out: Path | None = None  # where the bundled model files go (None: not written)
-
-
-@dataclass
-class TableRestore:
-    setting: str
-    table_name: str
-    items: int
-    replaced: bool = False  # the table had items (overwritten with --yes)
-    deleted: int = 0  # items that were not in the backup, deleted
-    safety_backup_arn: str | None = None  # on-demand backup of the table taken before overwriting it
-    extra_after: int = 0  # items found after the restore that are not in the backup (live writes)
-
-
-@dataclass
-class RestoreReport:
-    backup_id: str
-    tables: list[TableRestore] = field(default_factory=list)
-    model_keys: list[str] = field(default_factory=list)  # models bucket keys written
-    models_unchanged: list[str] = field(default_factory=list)  # already there with the backup's contents
-    models_replaced: list[str] = field(default_factory=list)  # there with other contents, overwritten (--yes)
-    champion_kept: bool = False  # the live champion pointer differs from the backup's and was left as is
-    bundled: list[Path] = field(default_factory=list)
-    bundled_available: int = 0
-    config_json: str | None = None
-    config_path: Path | None = None
-
-
-@dataclass
-class _ModelsPlan:
-    """What a restore does with each of the backup's models bucket objects (keys in the bucket)."""
-
-    write: list[str] = field(default_factory=list)  # missing, or differing and overwritten
-    unchanged: list[str] = field(default_factory=list)
-    differ: list[str] = field(default_factory=list)  # there with other contents (written only with --yes)
-    champion_kept: bool = False
-
-
-@dataclass
-class _TableWork:
-    setting: str
-    entry: TableEntry
-    target: str
-    file: Path
-    key_names: list[str]
-    digests: dict[str, str]  # item key -> digest of the item
-    had_items: bool = False
-
-
-def _resolve_tables(settings: Settings, manifest: Manifest, wanted: tuple[str, ...]) -> list[str]:
-    if not wanted:
-        return list(manifest.tables)
-    names: dict[str, str] = {}
-    for setting in manifest.tables:
-        names[setting] = setting
-        names[setting.removesuffix("_table")] = setting
-        if setting in TABLES:
-            names[getattr(settings, setting)] = setting
-    chosen = []
-    for w in wanted:
-        if w not in names:
-            known = ", ".join(s.removesuffix("_table") for s in manifest.tables)
-            raise ValueError(f"--table {w!r}: the backup has no such table (it has: {known})")
-        chosen.append(names[w])
-    return list(dict.fromkeys(chosen))
-
-
-def _load_table(work: _TableWork) -> None:
-    """Read the verified copy once: every line an item with the key attributes, no key twice,
-    as many items as the manifest says."""
-    problems: list[str] = []
-    for n, item in enumerate(_items(work.file, work.entry.key), start=1):
-        missing = [k for k in work.key_names if k not in item]
-        if missing:
-            problems.append(f"{work.entry.key} line {n}: no key attribute {missing}")
-            continue
-        key = item_key(item, work.key_names)
-        if key in work.digests:
-            problems.append(f"{work.entry.key} line {n}: key {key} repeated")
-        work.digests[key] = item_digest(item)
-    if len(work.digests) != work.entry.items and not problems:
-        problems.append(f"{work.entry.key}: {len(work.digests)} items, the manifest says {work.entry.items}")
-    if problems:
-        raise BackupIntegrityError(_listing(f"table copy {work.entry.key} is not consistent", problems))
-
-
-def _items(path: Path, name: str) -> Iterator[dict[str, Any]]:
-    """The encoded items of a table copy (JSON), one per line."""
-    try:
-        with gzip.open(path, "rb") as fh:
-            for n, line in enumerate(fh, start=1):
-                try:
-                    item = json.loads(line)
-                    decode_item(item)  # checks the shape
-                except ValueError as exc:
-                    raise BackupIntegrityError(f"{name} line {n}: not a DynamoDB item ({exc})") from exc
-                yield item
-    except (OSError, EOFError) as exc:
-        raise BackupIntegrityError(f"{name}: not a gzip file ({exc})") from exc
-
-
-def restore(
-    settings: Settings, backup_id: str, options: RestoreOptions, progress: Progress | None = None
-) -> RestoreReport:
-    """Put back what the backup's manifest lists, for the parts asked for. Verifies the whole
-    backup first (refuses it, changing nothing, if it does not verify), refuses to overwrite
-    live data unless ``options.overwrite``, and verifies what it restored."""
-    say = progress or (lambda _m: None)
-    with tempfile.TemporaryDirectory(prefix="smartgrid-restore-") as tmp:
-        work_dir = Path(tmp)
-        manifest = verify_backup(settings, backup_id, download_to=work_dir, progress=say)
-        say(f"backup {backup_id} verified: {len(manifest.objects)} objects")
-        report = RestoreReport(backup_id, bundled_available=len(manifest.keys_under(BUNDLED_DIR)))
-        tables = _prepare_tables(settings, manifest, options, work_dir) if options.tables else []
-        model_keys = manifest.keys_under(MODELS_DIR) if options.models else []
-        bundled = manifest.keys_under(BUNDLED_DIR) if options.models and options.bundled_out else []
-        models = _check_targets(settings, manifest, options, tables, model_keys, bundled)
-
-        # -- nothing was changed up to here
-        for t in tables:
-            report.tables.append(_restore_table(settings, t, say))
-        for key in models.write:
-            with _local(work_dir, MODELS_DIR + key).open("rb") as fh:
-                store.put_object(settings.models_bucket, key, fh, settings, _content_type(key))
-            report.model_keys.append(key)
-        report.models_unchanged = models.unchanged
-        report.models_replaced = [k for k in models.differ if k in models.write]
-        report.champion_kept = models.champion_kept
-        if model_keys:
-            say(
-                f"models bucket {settings.models_bucket}: {len(models.write)} objects written, "
-                f"{len(models.unchanged)} already there"
-            )
-        for key in bundled:
-            assert options.bundled_out is not None
-            path = options.bundled_out / key[len(BUNDLED_DIR) :]
-            atomic_write_bytes(path, _local(work_dir, key).read_bytes())
-            report.bundled.append(path)
-        if options.config:
-            text = _local(work_dir, CONFIG).read_text()
-            if options.config_out:
-                atomic_write_bytes(options.config_out, text.encode())
-                report.config_path = options.config_out
-            else:
-                report.config_json = text
-
-        # -- and verified
-        say("verifying what was restored")
-        _verify_restored(settings, manifest, report, tables)
-    logger.info(
-        "restore complete",
-        extra={
-            "backup_id": backup_id,
-            "tables": {t.table_name: t.items for t in report.tables},
-            "model_objects": len(report.model_keys),
-            "model_objects_unchanged": len(report.models_unchanged),
-            "champion_kept": report.champion_kept,
-            "bundled_files": len(report.bundled),
-            "config": bool(options.config),
-        },
-    )
-    return report
-
-
-def _prepare_tables(
-    settings: Settings, manifest: Manifest, options: RestoreOptions, work_dir: Path
-) -> list[_TableWork]:
-    works = []
-    for setting in _resolve_tables(settings, manifest, options.only_tables):
-        entry = manifest.tables[setting]
-        if setting not in TABLES:
-            raise ValueError(f"the backup's table {setting} is not a table of this version (Settings has no {setting})")
-        work = _TableWork(
-            setting=setting,
-            entry=entry,
-            target=getattr(settings, setting),
-            file=_local(work_dir, entry.key),
-            key_names=[k.name for k in entry.key_schema],
-            digests={},
-        )
-        _load_table(work)
-        works.append(work)
-    return works
-
-
-def _plan_models(settings: Settings, manifest: Manifest, options: RestoreOptions, model_keys: list[str]) -> _ModelsPlan:
-    """Compare the backup's models bucket objects with the live ones: missing ones are written,
-    ones with the backup's sha256 skipped, differing ones written only when overwriting; the
-    champion pointer, when it differs, only with ``options.champion`` too."""
-    plan = _ModelsPlan()
-    existing = dict(store.list_objects(settings.models_bucket, "", settings))
-    for backup_key in model_keys:
-        key = backup_key[len(MODELS_DIR) :]
-        entry = manifest.entry(backup_key)
-        if key not in existing:
-            plan.write.append(key)
-            continue
-        same = existing[key] == entry.size and _remote_sha(settings.models_bucket, key, settings) == (
-            entry.sha256,
-            entry.size,
-        )
-        if same:
-            plan.unchanged.append(key)
-        elif key == CHAMPION_KEY and not options.champion:
-            plan.champion_kept = True
-        else:
-            plan.differ.append(key)
-            if options.overwrite:
-                plan.write.append(key)
-    return plan
-
-
-def _check_targets(
-    settings: Settings,
-    manifest: Manifest,
-    options: RestoreOptions,
-    tables: list[_TableWork],
-    model_keys: list[str],
-    bundled: list[str],
-) -> _ModelsPlan:
-    """Every target exists and fits; live data in the way is refused unless overwriting.
-    Returns what to do with the models bucket's objects."""
-    missing, unfit, live = [], [], []
-    models = _ModelsPlan()
-    for t in tables:
-        desc = store.describe_table(t.target, settings)
-        if desc is None:
-            missing.append(f"table {t.target} ({t.setting}) does not exist: deploy the stack (or create the tables)")
-            continue
-        if _key_schema(desc) != t.entry.key_schema:
-            unfit.append(f"table {t.target}: its key schema differs from the backed-up table {t.entry.table_name}'s")
-            continue
-        t.had_items = store.has_items(t.target, settings)
-        if t.had_items:
-            live.append(f"table {t.target} ({t.setting}) has items")
-    if model_keys:
-        if not store.bucket_exists(settings.models_bucket, settings):
-            missing.append(f"models bucket {settings.models_bucket} does not exist: deploy the stack")
-        else:
-            models = _plan_models(settings, manifest, options, model_keys)
-            clash = models.differ
-            if clash:
-                shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
-                live.append(
-                    f"models bucket {settings.models_bucket} has {len(clash)} of the backup's keys "
-                    f"with other contents: {shown}"
-                )
-    if options.bundled_out is not None:
-        if options.bundled_out.exists() and not options.bundled_out.is_dir():
-            unfit.append(f"--bundled-out {options.bundled_out} is not a directory")
-        else:
-            clash = [k for k in bundled if (options.bundled_out / k[len(BUNDLED_DIR) :]).exists()]
-            if clash:
-                live.append(f"{len(clash)} bundled model file(s) already exist in {options.bundled_out}")
-    if options.config and options.config_out is not None:
-        if options.config_out.is_dir():
-            unfit.append(f"--config-out {options.config_out} is a directory")
-        elif options.config_out.exists():
-            live.append(f"{options.config_out} exists")
-    if missing:
-        raise NotFoundError(_listing("cannot restore, nothing was changed", missing))
-    if unfit:
-        raise ValueError(_listing("cannot restore, nothing was changed", unfit))
-    if live and not options.overwrite:
-        raise ConflictError(
-            _listing("refusing to overwrite live data without --yes (nothing was changed)", live)
-            + "\nWith --yes a table's contents are replaced by the backup's (an on-demand backup of the "
-            "table is taken first) and model objects and files with other contents are overwritten "
-            "(the champion pointer only with --champion as well).",
-            "restore_would_overwrite",
-        )
-    config_dir = options.config_out.parent if options.config and options.config_out else None
-    for out_dir in (options.bundled_out if bundled else None, config_dir):
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)  # an OSError here, not after the tables are restored
-    return models
-
-
-def _restore_table(settings: Settings, t: _TableWork, say: Progress) -> TableRestore:
-    result = TableRestore(t.setting, t.target, t.entry.items, replaced=t.had_items)
-    if t.had_items:
-        stamp = datetime.now(UTC).strftime(ID_FORMAT)
-        name = _dynamodb_backup_name(t.target, f"prerestore-{stamp}")
-        result.safety_backup_arn = store.create_backup(t.target, name, settings)
-        say(f"table {t.target}: has items; on-demand backup {result.safety_backup_arn} taken before overwriting")
-    batch: list[dict[str, Any]] = []
-    for item in _items(t.file, t.entry.key):
-        batch.append({"PutRequest": {"Item": decode_item(item)}})
-        if len(batch) >= _WRITE_CHUNK:
-            store.batch_write(t.target, batch, settings)
-            batch = []
-    if batch:
-        store.batch_write(t.target, batch, settings)
-    if t.had_items:
-        # Put first, then delete what the backup does not have: a failure midway leaves
-        # more items, never fewer.
-        extra = []
-        for live in store.scan_items(t.target, settings, keys_only=t.key_names):
-            enc = encode_item(live)
-            if item_key(enc, t.key_names) not in t.digests:
-                extra.append({"DeleteRequest": {"Key": live}})
-        store.batch_write(t.target, extra, settings)
-        result.deleted = len(extra)
-    say(f"table {t.target}: {t.entry.items} items written" + (f", {result.deleted} deleted" if result.deleted else ""))
-    return result
-
-
-def _verify_restored(settings: Settings, manifest: Manifest, report: RestoreReport, tables: list[_TableWork]) -> None:
-    problems = []
-    for t, r in zip(tables, report.tables, strict=True):
-        live: dict[str, str] = {}
-        for item in store.scan_items(t.target, settings):
-            enc = encode_item(item)
-            live[item_key(enc, t.key_names)] = item_digest(enc)
-        wrong = [k for k, d in t.digests.items() if live.get(k) != d]
-        if wrong:
-            problems.append(f"table {t.target}: {len(wrong)} item(s) missing or different, e.g. key {wrong[0]}")
-        r.extra_after = len(set(live) - set(t.digests))
-    for key in report.model_keys:
-        entry = manifest.entry(MODELS_DIR + key)
-        got = _remote_sha(settings.models_bucket, key, settings)
-        if got != (entry.sha256, entry.size):
-            problems.append(f"models bucket {key}: does not read back as backed up")
-    for path in report.bundled:
-        if _file_sha(path) != manifest.entry(BUNDLED_DIR + path.name).sha256:
-            problems.append(f"{path}: does not read back as backed up")
-    if report.config_path is not None and _file_sha(report.config_path) != manifest.entry(CONFIG).sha256:
-        problems.append(f"{report.config_path}: does not read back as backed up")
-    if problems:
-        raise BackupIntegrityError(_listing(f"restore of backup {manifest.backup_id} does not verify", problems))

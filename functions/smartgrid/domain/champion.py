@@ -3,7 +3,7 @@
 Layout (``Settings.models_bucket``):
 
 - ``models/<set id>/``: one model set, the three ``<name>.onnx`` + ``<name>.json`` (as in a
-  local model directory, see ``registry``) and ``set.json`` (set id, created_at, training
+  local model directory, see ``smartgrid.engine.model_files``) and ``set.json`` (set id, created_at, training
   window, MAPE on its evaluation, source, and the sha256 of every object of the set). The
   three models' metadata carry the set id as their ``version``. Sets are immutable: each
   object is written only if absent.
@@ -15,7 +15,7 @@ Layout (``Settings.models_bucket``):
 - ``registry/decisions/<timestamp>.json``: why the pointer moved or did not (retraining,
   publish, rollback).
 
-API containers follow the pointer with ``ChampionWatcher``. Only ``store.registry_store``
+API containers follow the pointer with ``ChampionWatcher``. Only ``smartgrid.store.models_bucket``
 talks to S3.
 """
 
@@ -330,7 +330,7 @@ class Promotion:
 
 def publish(settings: Settings, directory: str | Path, reason: str | None = None) -> Promotion:
     """Upload a local model directory as a new set and make it champion (first deploy, or a
-    manual promotion)."""
+    promotion by hand)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelNotFoundError(f"model directory {directory} not found")

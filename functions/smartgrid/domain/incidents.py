@@ -1,5 +1,5 @@
-"""Incidents (issue 7): CloudWatch alarm state changes become the operations manual's incident
-notices (its INCIDENT NOTIFICATION TEMPLATE), sent to the alarm's escalation level.
+"""Incidents: CloudWatch alarm state changes become incident notices in the INCIDENT
+NOTIFICATION TEMPLATE of docs/requirements.md#incidents, sent to the alarm's escalation level.
 
 - ALARM: the alarm's alert (``catalog.ALERTS``, by the alarm name's ``-<alert id>`` suffix)
   gives severity, level and description. An alarm that already has an open incident is a
@@ -41,7 +41,7 @@ from smartgrid.store.incidents_table import OPEN, RESOLVED, Incident
 
 __all__ = ["AlarmChange", "Incident", "open_incidents", "parse_alarm", "parse_sns_event", "process"]
 
-RULE = "━" * 42  # the manual's template rule
+RULE = "━" * 42  # the template's rule (docs/requirements.md#incidents)
 UNKNOWN_LEVEL = Level.L2
 # How long the invocation that opened (or resolved) an incident has to deliver its notices
 # before another may take over: above the notifier's timeout. Lambda's own retries keep the
@@ -343,8 +343,8 @@ def _details(change: AlarmChange, alert: Alert | None, settings: Settings) -> li
         f"- Alarm: {change.name} ({change.kind}; {change.old_state or '?'} -> {change.state})",
         f"- Region/account: {change.region or '?'} / {change.account or '?'}",
     ]
-    if alert is not None and alert.manual != "serverless":
-        lines.append(f"- Manual's alert row: {alert.manual}")
+    if alert is not None and alert.requirement != "serverless":
+        lines.append(f"- Manual's alert row: {alert.requirement}")
     elif alert is None:
         lines.append("- Not in the alert table: severity from its description, else WARNING; routed to L2")
     lines.append(f"- CloudWatch reason: {change.reason or '(none)'}")
@@ -352,7 +352,7 @@ def _details(change: AlarmChange, alert: Alert | None, settings: Settings) -> li
 
 
 def _head(incident: Incident, alert: Alert | None, settings: Settings, duration: str) -> list[str]:
-    """The manual's template from its title to ACTIONS_TAKEN, the same for opening and resolving."""
+    """The template from its title to ACTIONS_TAKEN, the same for opening and resolving."""
     return [
         "INCIDENT NOTIFICATION",
         RULE,
@@ -375,8 +375,8 @@ def _head(incident: Incident, alert: Alert | None, settings: Settings, duration:
 def render_open(incident: Incident, change: AlarmChange, alert: Alert | None, settings: Settings) -> Notice:
     steps = runbook_steps(_runbook_file(settings), alert.id) if alert else []
     first_steps = [f"{i}. {s}" for i, s in enumerate(steps, 1)] or ["1. Follow the runbook section linked below"]
-    if alert is not None and alert.manual != "serverless" and " | " in alert.manual:
-        first_steps.append(f"{len(first_steps) + 1}. Manual's action: {alert.manual.split(' | ', 1)[1]}")
+    if alert is not None and alert.requirement != "serverless" and " | " in alert.requirement:
+        first_steps.append(f"{len(first_steps) + 1}. Manual's action: {alert.requirement.split(' | ', 1)[1]}")
     lines = [
         *_head(incident, alert, settings, "ongoing"),
         "(none yet)",

@@ -1,7 +1,7 @@
 """Meter-data ingestion: a CSV file that arrives in the meter-data bucket under
-``incoming/<client>/<site_id>/<name>.csv[.gz]`` (layout in ``store/meter.py``) is checked with
-the engine's parser and validation (``data.read_csv`` and ``data.validate``, the rules of
-``smartgrid detect`` and ``forecast``) and then either
+``incoming/<client>/<site_id>/<name>.csv[.gz]`` (layout in ``smartgrid.store.meter_bucket``)
+is checked with the engine's parser and validation (``engine.csv_files.read_csv`` and
+``engine.data.validate``, the rules of ``smartgrid detect`` and ``forecast``) and then either
 
 - accepted: its readings are stored as CSV under ``accepted/<client>/<site_id>/<sha256>.csv``
   (where retraining finds them), recorded as actuals against the client's predictions for that
@@ -47,7 +47,8 @@ import numpy as np
 from smartgrid.catalog import INGESTION, METER_FILES_REJECTED_TOTAL, MODEL_ANOMALIES_DETECTED, Level
 from smartgrid.config import Settings
 from smartgrid.domain.predictions import PredictionService, utcnow
-from smartgrid.engine.data import DAY_S, FutureLimit, Series, iso, iso_all, read_csv, validate
+from smartgrid.engine.csv_files import read_csv
+from smartgrid.engine.data import DAY_S, FutureLimit, Series, iso, iso_all, validate
 from smartgrid.engine.model_files import ANOMALY_DETECTOR
 from smartgrid.errors import (
     DataValidationError,
@@ -85,7 +86,7 @@ EXPECTED = (
 
 
 class OnceStore(Protocol):
-    """The markers' store (``smartgrid.store.dynamo.DynamoStore``)."""
+    """The markers' store (``smartgrid.store.predictions_table.DynamoStore``)."""
 
     def claim_once(self, key: str, owner: str, now: datetime, hold_s: float, keep_s: float) -> Any: ...
     def finish_once(self, key: str, until: float, completed: bool) -> bool: ...
@@ -241,9 +242,9 @@ class Ingestor:
             stored = meter.fetch(obj.key, self.settings)
         if stored is None:
             return self._gone(obj)
-        result = check(obj.key, stored.body, FutureLimit(self.clock(), self.settings.max_clock_skew_s))
+        result = check(obj.key, stored.data, FutureLimit(self.clock(), self.settings.max_clock_skew_s))
         if isinstance(result, list):
-            return self._reject(obj, stored.etag, len(stored.body), result)
+            return self._reject(obj, stored.etag, len(stored.data), result)
         return self._accept(obj, *result)
 
     def upload(self, path: Path, client: str, site_id: str) -> MeterObject:
@@ -490,7 +491,7 @@ class Ingestor:
             if stored is None:
                 continue
             try:
-                other = parse_file(stored.body)
+                other = parse_file(stored.data)
             except DataValidationError:  # not expected: this code stored them
                 logger.warning("an accepted file does not parse; not used as context", extra={"key": key})
                 continue

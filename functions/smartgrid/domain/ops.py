@@ -1,4 +1,5 @@
-"""`smartgrid ops check`: the manual's daily checklist for a deployed stack or the local one.
+"""`smartgrid ops check`: the daily checklist (docs/requirements.md#health) for a deployed stack
+or the local one.
 
 Each check gives one line, ok or not, with what it saw: the API's /health, every table
 (active, point-in-time recovery on), every bucket, the champion model set and its age, the

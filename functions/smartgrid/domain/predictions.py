@@ -3,14 +3,15 @@
 It validates inputs with the engine (``data.validate``), forecasts with ``Forecaster``,
 detects anomalies, and keeps predictions, actuals, the five-minute cache and idempotency
 records through a ``Store`` (implemented over DynamoDB in ``smartgrid.store``). It knows
-nothing of HTTP: it raises the typed errors of ``errors.py`` and the API maps them.
+nothing of HTTP: it raises the typed errors of ``errors.py`` and the API maps them. Actuals
+are checked against their prediction and compared with its forecast in ``actuals``.
 
-Degraded modes (operations manual): a cache failure is logged and counted and the request
-is served without the cache; a predictions-table failure is critical (``/health`` says so):
-what the request wrote is undone and its forecasts are still served, marked not stored and
-without ids, so nothing is acknowledged that was not stored. A request with an
-Idempotency-Key fails instead with ``DependencyUnavailableError`` (``PartialWriteError``
-when the undo fails too: a retry with the same key then completes it).
+Degraded modes (``docs/requirements.md#degraded-modes``): a cache failure is logged and
+counted and the request is served without the cache; a predictions-table failure is critical
+(``/health`` says so): what the request wrote is undone and its forecasts are still served,
+marked not stored and without ids, so nothing is acknowledged that was not stored. A request
+with an Idempotency-Key fails instead with ``DependencyUnavailableError``
+(``PartialWriteError`` when the undo fails too: a retry with the same key then completes it).
 """
 
 from __future__ import annotations
@@ -34,15 +35,14 @@ from smartgrid.catalog import (
     FALLBACK_FORECASTS_TOTAL,
     MODEL_ANOMALIES_DETECTED,
     MODEL_INFERENCE_DURATION_SECONDS,
-    MODEL_PREDICTION_ERROR_ABSOLUTE,
-    MODEL_PREDICTION_ERROR_PERCENT,
     PREDICTIONS_NOT_STORED_TOTAL,
     PREDICTIONS_TOTAL,
 )
 from smartgrid.config import Settings
+from smartgrid.domain.actuals import ActualsResult, actual_values, compare_actuals
 from smartgrid.domain.champion import ChampionWatcher
 from smartgrid.engine.anomaly import detect as run_detect
-from smartgrid.engine.data import MAX_READINGS, FutureLimit, Readings, iso, iso_all, readings_from_records, validate
+from smartgrid.engine.data import MAX_READINGS, FutureLimit, Readings, iso_all, readings_from_records, validate
 from smartgrid.engine.features import HolidayCalendar
 from smartgrid.engine.forecast import Forecast, Forecaster, ModelSet
 from smartgrid.engine.model_files import ANOMALY_DETECTOR, BASELINE_FORECAST, LOAD_FORECAST, MODEL_NAMES
@@ -81,13 +81,6 @@ class ItemOutcome:
     index: int
     record: PredictionRecord | None = None
     error: DataValidationError | ForecastUnavailableError | None = None
-
-
-@dataclass
-class ActualsResult:
-    prediction: PredictionRecord
-    points: list[dict[str, Any]]
-    mae: float
 
 
 @dataclass
@@ -352,8 +345,9 @@ class PredictionService:
                 self._memory[k] = (until, v)
 
     def _cache_failed(self, op: str, exc: Exception) -> None:
-        # The cache is not critical (manual: degraded): serve without it, but say so, and do
-        # not pay a failing call (with its retries) on every request: skip it for a while.
+        # The cache is not critical (docs/requirements.md#degraded-modes): serve without it, but
+        # say so, and do not pay a failing call (with its retries) on every request: skip it for
+        # a while.
         logger.warning("cache %s failed; serving without the cache", op, extra={"error": repr(exc)})
         metrics.add_metric(name=CACHE_ERRORS_TOTAL, unit="Count", value=1)
         self._cache_down_until = time.monotonic() + self.settings.cache_retry_after_s
@@ -449,60 +443,13 @@ class PredictionService:
         pred = found.get(prediction_id)
         if pred is None:
             raise NotFoundError(f"no prediction {prediction_id!r} for this API key")
-        index = {t: i for i, t in enumerate(pred.timestamps)}
-        values: dict[str, float] = {}
-        for i, (t, v) in enumerate(zip(readings.timestamps, readings.load, strict=True)):
-            ts = iso(t)
-            if ts not in index:
-                problems.append(
-                    Problem(
-                        "not_forecast",
-                        f"timestamps[{i}] {ts} is not a step of prediction {prediction_id} "
-                        f"({pred.timestamps[0]} to {pred.timestamps[-1]})",
-                        (i + 1,),
-                        f"timestamps[{i}]",
-                    )
-                )
-            elif ts in values:
-                problems.append(
-                    Problem("duplicate_timestamp", f"timestamps[{i}] {ts} is repeated", (i + 1,), f"timestamps[{i}]")
-                )
-            elif v < 0:
-                problems.append(Problem("negative_load", f"load[{i}] is negative", (i + 1,), f"load[{i}]"))
-            else:
-                values[ts] = float(v)
-        if problems:
-            raise DataValidationError(problems, "actuals")
+        values = actual_values(pred, readings, problems)
         try:
             merged = self.store.merge_actuals(user_id, prediction_id, values, self.clock())
         except Exception as exc:
             logger.exception("saving actuals failed")
             raise DependencyUnavailableError("the actuals table is unavailable; nothing was saved") from exc
-        points = []
-        for ts in sorted(merged, key=index.__getitem__):
-            j = index[ts]
-            actual = float(merged[ts])
-            err = abs(actual - pred.p50[j])
-            points.append(
-                {
-                    "timestamp": ts,
-                    "actual": actual,
-                    "p10": pred.p10[j],
-                    "p50": pred.p50[j],
-                    "p90": pred.p90[j],
-                    "abs_error": round(err, 3),
-                    "within_interval": pred.p10[j] <= actual <= pred.p90[j],
-                }
-            )
-        for ts in values:
-            err = abs(values[ts] - pred.p50[index[ts]])
-            metrics.add_metric(name=MODEL_PREDICTION_ERROR_ABSOLUTE, unit="None", value=round(err, 3))
-            if values[ts] > 0:  # a percentage of zero load is undefined
-                metrics.add_metric(
-                    name=MODEL_PREDICTION_ERROR_PERCENT, unit="Percent", value=round(100 * err / values[ts], 3)
-                )
-        mae = float(np.mean([p["abs_error"] for p in points])) if points else 0.0
-        return ActualsResult(pred, points, round(mae, 3))
+        return compare_actuals(pred, merged, values)
 
     # -- anomalies
     def detect(self, timestamps: Sequence[str], load: Sequence[float], threshold: float | None) -> dict[str, Any]:
@@ -553,7 +500,8 @@ class PredictionService:
 
     # -- health
     def health(self) -> HealthReport:
-        """The manual's /health: cheap checks, bounded by ``health_timeout_s`` in total."""
+        """``/health`` (``docs/requirements.md#health``): cheap checks, bounded by
+        ``health_timeout_s`` in total."""
         state = {"database": False, "cache": False}
         try:
             store = self.store
@@ -609,7 +557,7 @@ class PredictionService:
 
 @contextlib.contextmanager
 def _inference_timer() -> Iterator[None]:
-    """The manual's ``model_inference_duration_seconds`` for the block."""
+    """``model_inference_duration_seconds`` (``docs/requirements.md#metrics``) for the block."""
     t0 = time.perf_counter()
     yield
     metrics.add_metric(name=MODEL_INFERENCE_DURATION_SECONDS, unit="Seconds", value=round(time.perf_counter() - t0, 6))

@@ -1,7 +1,7 @@
 """The health probe: GET the deployed API's /health with a timeout, as a client would.
 
 The API is *available* when /health answers 200 within the timeout (``ok`` or ``degraded``:
-the manual's degraded still serves); a 503 (``critical``), another status, a timeout or a
+degraded still serves, docs/requirements.md#health); a 503 (``critical``), another status, a timeout or a
 connection failure is not. The body is kept when the status is not ``ok``, for the log."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The monthly usage report: how many predictions each client (API user id) made in a
-calendar month (UTC), the total, and the operations manual's INFO row "100k+ predictions
-processed | Monthly report" (the total reaching 100,000). Published to the L1 topic (the
+calendar month (UTC), the total, and the INFO row "100k+ predictions processed | Monthly
+report" of docs/requirements.md#alerts (the total reaching 100,000). Published to the L1 topic (the
 escalation matrix routes INFO to operations) and logged.
 
 Counting reads the whole predictions table (a Scan: its key is per user, no index spans
@@ -23,13 +23,13 @@ from smartgrid.domain.predictions import utcnow
 from smartgrid.observability import logger
 from smartgrid.store import notify
 
-USAGE_FLAG_THRESHOLD = 100_000  # the manual: "100k+ predictions processed | Monthly report" (INFO)
+USAGE_FLAG_THRESHOLD = 100_000  # "100k+ predictions processed | Monthly report" (INFO, docs/requirements.md#alerts)
 SCAN_SEGMENTS = 4  # parallel Scan segments: a year of predictions is GBs of items, read at ~1 MB a call
 SCAN_PAGE_SIZE: int | None = None  # items per Scan call; None: DynamoDB's 1 MB pages
 
 
 class CountStore(Protocol):
-    """``smartgrid.store.dynamo.DynamoStore``."""
+    """``smartgrid.store.predictions_table.DynamoStore``."""
 
     def count_predictions(self, start: datetime, end: datetime, page_size: int | None, segments: int) -> Any: ...
 
@@ -81,7 +81,7 @@ class UsageReport:
     total: int
     per_client: dict[str, int]  # most predictions first
     threshold: int
-    over_threshold: bool  # the manual's "100k+ predictions processed"
+    over_threshold: bool  # "100k+ predictions processed" (docs/requirements.md#alerts)
     complete: bool  # False while the month is not over
     expired: bool  # True when predictions of the month may have expired (retention)
     generated_at: str
@@ -187,8 +187,8 @@ def report(
 
 
 def month_of_event(event: dict[str, Any], now: datetime | None = None) -> Month:
-    """The month a scheduler event asks for: ``{"month": "YYYY-MM"}`` when given (a manual
-    run), else the month before the event's time (a late or retried delivery still reports the
+    """The month a scheduler event asks for: ``{"month": "YYYY-MM"}`` when given (a run by
+    hand), else the month before the event's time (a late or retried delivery still reports the
     month it was scheduled for), else the month before now."""
     if event.get("month"):
         return Month.parse(str(event["month"]))

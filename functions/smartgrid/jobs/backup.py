@@ -1,5 +1,5 @@
 """Daily backup handler (EventBridge Scheduler, 02:00 UTC): one verified backup of the tables,
-the model registry, the bundled models and the configuration (``smartgrid.backup``). A
+the model registry, the bundled models and the configuration (``smartgrid.domain.backup``). A
 failure raises (``job_failed_total``, the invocation retries, then the dead-letter queue) and
 leaves no manifest, so the partial backup lists as incomplete and is never restored from.
 After a successful backup, the DynamoDB on-demand backups this code made that are older than

@@ -1,5 +1,5 @@
-"""Notifier handler (issue 7): the alarm topic's SNS events (CloudWatch alarm state changes)
-become incident notices to the alarm's escalation level (``smartgrid.incidents``). A failed
+"""Notifier handler: the alarm topic's SNS events (CloudWatch alarm state changes) become
+incident notices to the alarm's escalation level (``smartgrid.domain.incidents``). A failed
 delivery raises: Lambda retries the asynchronous invocation twice, then the event goes to the
 notifier's dead-letter queue, whose alarm goes straight to people."""
 

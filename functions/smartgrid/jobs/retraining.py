@@ -1,5 +1,5 @@
 """Monthly retraining handler (EventBridge Scheduler, 1st of the month 00:00 UTC): one
-champion/challenger round of ``smartgrid.retraining``. Too little data is not a failure to
+champion/challenger round of ``smartgrid.domain.retraining``. Too little data is not a failure to
 retry: the round is recorded as skipped, logged as a warning, and the job returns."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Every AWS call of the backup job and of ``smartgrid restore``: DynamoDB (describe, scan,
 on-demand backups, batch writes) through the raw client, so items stay in DynamoDB's JSON
 (the portable copy is that format, whatever the pynamodb models say), and S3 objects of the
-models and backups buckets. The domain (``smartgrid.backup``) decides what to call and checks
-what comes back; nothing here interprets a backup."""
+models and backups buckets. The domain (``smartgrid.domain.backup``) decides what to call and
+checks what comes back; nothing here interprets a backup."""
 
 from __future__ import annotations
 
@@ -14,21 +14,11 @@ from datetime import datetime
 from typing import IO, Any
 
 from smartgrid.config import Settings
-from smartgrid.store.aws import client
+from smartgrid.store.aws import client, is_missing
 
 BATCH_WRITE_LIMIT = 25  # DynamoDB's maximum requests per BatchWriteItem
 PART_BYTES = 16 << 20  # checked uploads go up in parts of this size (S3: >= 5 MiB, <= 10,000 parts)
 _MAX_UNPROCESSED_RETRIES = 8
-_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "ResourceNotFoundException"}
-
-
-def _code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-def _is_missing(exc: Exception) -> bool:
-    return _code(exc) in _MISSING
 
 
 # ------------------------------------------------------------------------------ DynamoDB
@@ -39,7 +29,7 @@ def describe_table(name: str, settings: Settings) -> dict[str, Any] | None:
     try:
         table: dict[str, Any] = client("dynamodb", settings).describe_table(TableName=name)["Table"]
     except ClientError as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             return None
         raise
     return table
@@ -113,7 +103,7 @@ def bucket_exists(bucket: str, settings: Settings) -> bool:
     try:
         client("s3", settings).head_bucket(Bucket=bucket)
     except ClientError as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             return False
         raise
     return True
@@ -143,7 +133,7 @@ def open_object(bucket: str, key: str, settings: Settings) -> IO[bytes] | None:
     try:
         body: IO[bytes] = client("s3", settings).get_object(Bucket=bucket, Key=key)["Body"]
     except ClientError as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             return None
         raise
     return body

@@ -1,4 +1,4 @@
-"""Data access for incidents (issue 7): the incidents table (``IncidentItem``), the escalation
+"""Data access for incidents: the incidents table (``IncidentItem``), the escalation
 levels' SNS topics, the chat webhook's URL in SSM and the webhook itself (urllib, 5 s timeout).
 
 Items (one table, hash key ``pk``):

@@ -1,46 +1,29 @@
-"""S3 calls of the model registry (``smartgrid.model_registry``) and of retraining.
+"""S3 calls of the model registry (``smartgrid.domain.champion``) and of retraining.
 
 The models bucket holds model sets under ``models/<set id>/`` and the champion pointer and
 decisions under ``registry/``. Errors come back typed: a missing object is ``None``, a write
 whose condition failed is ``ConflictError``, anything else ``DependencyUnavailableError``
-naming the bucket and key. boto3 is imported on first use only (the API's cold start).
+naming the bucket and key. ETags are bare values (``StoredObject``), quoted again for a
+conditional write. boto3 is imported on first use only (the API's cold start).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterator
 from typing import Any
 
 from smartgrid.config import Settings
 from smartgrid.errors import ConflictError, DependencyUnavailableError
 from smartgrid.observability import trace_aws_sdk
-from smartgrid.store.aws import client
+from smartgrid.store.aws import StoredObject, client, error_code, etag_condition, etag_value, is_missing
 
-# Error codes S3 answers for an object or bucket that does not exist.
-_MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 # A conditional write lost: the object changed (or appeared) since it was read.
 _CONDITION = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
 _local = threading.local()
 _CHUNK = 256 * 1024  # a body is read in chunks of this size when a deadline bounds the read
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    data: bytes
-    etag: str
-
-
-def _code(exc: Exception) -> str | None:
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return None
-    return str((response.get("Error") or {}).get("Code") or "") or None
 
 
 def _s3(settings: Settings) -> Any:
@@ -91,11 +74,11 @@ def get(settings: Settings, key: str, quick: bool = False, deadline: float | Non
                     body.close()
                     raise DependencyUnavailableError(f"reading {where}: out of time midway")
             data = b"".join(chunks)
-        return StoredObject(data, str(resp.get("ETag", "")))
+        return StoredObject(data, etag_value(resp.get("ETag")))
     except DependencyUnavailableError:
         raise
     except Exception as exc:
-        if _code(exc) in _MISSING:
+        if is_missing(exc):
             return None
         raise DependencyUnavailableError(f"reading {where} failed: {exc}") from exc
 
@@ -109,18 +92,18 @@ def put(
     if_match: str | None = None,
     if_absent: bool = False,
 ) -> str:
-    """Write one object (a single PutObject); returns its ETag. ``if_match``: only if the
-    object still has this ETag; ``if_absent``: only if there is no such object yet. A lost
+    """Write one object (a single PutObject); returns its ETag (the bare value). ``if_match``:
+    only if the object still has this ETag; ``if_absent``: only if there is no such object yet. A lost
     condition raises ``ConflictError``."""
     kwargs: dict[str, Any] = {"Bucket": settings.models_bucket, "Key": key, "Body": data, "ContentType": content_type}
     if if_match is not None:
-        kwargs["IfMatch"] = if_match
+        kwargs["IfMatch"] = etag_condition(if_match)
     elif if_absent:
         kwargs["IfNoneMatch"] = "*"
     try:
         resp = _s3(settings).put_object(**kwargs)
     except Exception as exc:
-        code = _code(exc)
+        code = error_code(exc)
         if code in _CONDITION:
             raise ConflictError(
                 f"s3://{settings.models_bucket}/{key} already exists or changed meanwhile; nothing overwritten",
@@ -129,7 +112,7 @@ def put(
         if code == "NoSuchBucket":
             raise DependencyUnavailableError(f"the models bucket {settings.models_bucket!r} does not exist") from exc
         raise DependencyUnavailableError(f"writing s3://{settings.models_bucket}/{key} failed: {exc}") from exc
-    return str(resp.get("ETag", ""))
+    return etag_value(resp.get("ETag"))
 
 
 def list_keys(settings: Settings, prefix: str) -> Iterator[str]:
@@ -141,56 +124,6 @@ def list_keys(settings: Settings, prefix: str) -> Iterator[str]:
             for obj in page.get("Contents", []):
                 yield obj["Key"]
     except Exception as exc:
-        if _code(exc) in _MISSING:
+        if is_missing(exc):
             return
         raise DependencyUnavailableError(f"listing s3://{settings.models_bucket}/{prefix} failed: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class MeterObject:
-    key: str
-    last_modified: datetime
-
-
-def meter_objects(settings: Settings, prefix: str) -> list[MeterObject]:
-    """Objects of the meter-data bucket under ``prefix`` with their LastModified (retraining
-    keeps the newest reading of a timestamp delivered twice)."""
-    out: list[MeterObject] = []
-    try:
-        for page in (
-            _s3(settings).get_paginator("list_objects_v2").paginate(Bucket=settings.meter_data_bucket, Prefix=prefix)
-        ):
-            out.extend(MeterObject(o["Key"], o["LastModified"]) for o in page.get("Contents", []))
-    except Exception as exc:
-        if _code(exc) in _MISSING:
-            return out
-        raise DependencyUnavailableError(f"listing s3://{settings.meter_data_bucket}/{prefix} failed: {exc}") from exc
-    return out
-
-
-def read_meter(settings: Settings, key: str) -> bytes:
-    return _read_meter(_s3(settings), settings, key)
-
-
-def _read_meter(s3: Any, settings: Settings, key: str) -> bytes:
-    try:
-        body: bytes = s3.get_object(Bucket=settings.meter_data_bucket, Key=key)["Body"].read()
-    except Exception as exc:
-        raise DependencyUnavailableError(f"reading s3://{settings.meter_data_bucket}/{key} failed: {exc}") from exc
-    return body
-
-
-def read_meter_many[T](
-    settings: Settings, keys: list[str], parse: Callable[[str, bytes], T], workers: int = 8
-) -> list[T]:
-    """``parse(key, body)`` of each object of the meter-data bucket, in the order of ``keys``,
-    read by ``workers`` threads sharing one client (boto3 clients are thread-safe; its
-    connection pool holds 10). A failed read raises ``DependencyUnavailableError`` (after
-    the reads in flight finish)."""
-    if not keys:
-        return []
-    s3 = _s3(settings)
-    if len(keys) == 1 or workers <= 1:
-        return [parse(k, _read_meter(s3, settings, k)) for k in keys]
-    with ThreadPoolExecutor(max_workers=min(workers, len(keys)), thread_name_prefix="meter-read") as pool:
-        return list(pool.map(lambda k: parse(k, _read_meter(s3, settings, k)), keys))

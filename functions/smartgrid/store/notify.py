@@ -1,5 +1,5 @@
 """Messages to people: SNS publishing to the escalation levels' topics (``Settings.alert_topics``,
-level ``L1``..``L3`` -> topic ARN; the CDK app subscribes the manual's addresses).
+level ``L1``..``L3`` -> topic ARN; the CDK app subscribes the ``alertEmails`` addresses).
 
 The subject is what an e-mail subscriber sees first: SNS takes at most 100 printable ASCII
 characters on one line, so it is cleaned and shortened here rather than refused by SNS. The

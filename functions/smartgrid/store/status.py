@@ -1,5 +1,6 @@
 """Read-only status calls for `smartgrid ops check`: a stack's outputs, tables, buckets and
-alarms. Each returns plain data or raises; the domain (``ops``) decides what is wrong."""
+alarms. Each returns plain data or raises; the domain (``smartgrid.domain.ops``) decides
+what is wrong."""
 
 from __future__ import annotations
 

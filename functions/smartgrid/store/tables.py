@@ -102,7 +102,7 @@ class IdempotencyItem(_Base):
 
 
 class IncidentItem(_Base):
-    """Incidents (issue 7), one table, items told apart by ``pk``:
+    """Incidents, one table, items told apart by ``pk``:
     ``INC#<incident id>`` the incident; ``OPEN#<alarm name>`` the marker of the alarm's open
     incident (a copy of it as opened; put conditionally, so one alarm has at most one open incident);
     ``SEQ#<YYYY-MM-DD>`` the day's incident counter (UpdateItem ADD)."""

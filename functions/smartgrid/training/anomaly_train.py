@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from smartgrid.engine import model_files as registry
+from smartgrid.engine import model_files
 from smartgrid.engine.anomaly import (
     ANOMALY_FEATURE_NAMES,
     INPUT_NAME,
@@ -220,11 +220,11 @@ def export_detector_onnx(booster: Any) -> bytes:
     )
 
 
-def session_model(onnx_bytes: bytes, resolution_minutes: int = 60) -> registry.LoadedModel:
+def session_model(onnx_bytes: bytes, resolution_minutes: int = 60) -> model_files.LoadedModel:
     """Wrap ONNX bytes in a ``LoadedModel`` (one thread), e.g. to evaluate before saving."""
-    session = registry.make_session(onnx_bytes, threads=1)
-    meta = registry.ModelMetadata(
-        name=registry.ANOMALY_DETECTOR,
+    session = model_files.make_session(onnx_bytes, threads=1)
+    meta = model_files.ModelMetadata(
+        name=model_files.ANOMALY_DETECTOR,
         version="unsaved",
         created_at="",
         training_window={},
@@ -232,7 +232,7 @@ def session_model(onnx_bytes: bytes, resolution_minutes: int = 60) -> registry.L
         features=list(ANOMALY_FEATURE_NAMES),
         metrics={},
     )
-    return registry.LoadedModel(meta, session)
+    return model_files.LoadedModel(meta, session)
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -259,9 +259,9 @@ def evaluate_detector(
     whole series. ``missing_share``: drop this share of clean readings first.
     """
     model = model_or_session
-    if not isinstance(model, registry.LoadedModel):
-        meta = registry.ModelMetadata(
-            name=registry.ANOMALY_DETECTOR,
+    if not isinstance(model, model_files.LoadedModel):
+        meta = model_files.ModelMetadata(
+            name=model_files.ANOMALY_DETECTOR,
             version="unsaved",
             created_at="",
             training_window={},
@@ -269,7 +269,7 @@ def evaluate_detector(
             features=list(ANOMALY_FEATURE_NAMES),
             metrics={},
         )
-        model = registry.LoadedModel(meta, model_or_session)
+        model = model_files.LoadedModel(meta, model_or_session)
     counts = (
         [n_events_per_series] * len(series_list) if isinstance(n_events_per_series, int) else list(n_events_per_series)
     )
@@ -346,7 +346,7 @@ def eval_events(s: Series) -> int:
     return max(10, int(s.n * s.step_s / DAY_S / EVAL_DAYS_PER_EVENT))
 
 
-def onnx_max_abs_diff(booster: Any, model: registry.LoadedModel, X: np.ndarray) -> float:
+def onnx_max_abs_diff(booster: Any, model: model_files.LoadedModel, X: np.ndarray) -> float:
     """Largest difference between the booster's and the ONNX model's probabilities."""
     X32 = np.ascontiguousarray(X, dtype="float32")
     ref = booster.predict(X32.astype("float64"), num_threads=1)
@@ -372,7 +372,7 @@ def train_and_save(
     n_rounds: int = N_ROUNDS,
     n_events_per_series: int | None = None,
     progress: Progress = None,
-) -> registry.ModelMetadata:
+) -> model_files.ModelMetadata:
     """Train on the first 80% of each series, evaluate on the rest (``n_events_per_series``
     events, default one per ``EVAL_DAYS_PER_EVENT`` days, injected with another seed), and
     save ONNX + metadata. Raises if ONNX and booster disagree."""
@@ -402,9 +402,9 @@ def train_and_save(
         n_rounds=n_rounds,
         eval_window={"start": iso(min(s.start for s in test)), "end": iso(max(s.end for s in test))},
     )
-    meta = registry.ModelMetadata(
-        name=registry.ANOMALY_DETECTOR,
-        version=registry.new_version(),
+    meta = model_files.ModelMetadata(
+        name=model_files.ANOMALY_DETECTOR,
+        version=model_files.new_version(),
         created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         training_window=training_window,
         resolution_minutes=resolution_minutes,
@@ -412,4 +412,4 @@ def train_and_save(
         metrics=metrics,
         params={"threshold": THRESHOLD, "kinds": list(KINDS)},
     )
-    return registry.save_model(out_dir, meta, onnx_bytes)
+    return model_files.save_model(out_dir, meta, onnx_bytes)

@@ -3,7 +3,8 @@
 Why not onnxmltools: its converter emits the opset-1/3 ``TreeEnsembleRegressor``, which
 stores a string per node; for our trees that was ~4x the bytes of opset 5, and the bundled
 models must stay around 3 MB. This module is small, exact, and tested against
-``Booster.predict`` (tests/test_onnx_export.py).
+``Booster.predict`` (tests/unit/test_models.py: ``test_each_expert_tree_export_is_exact``;
+tests/unit/test_anomaly.py: ``test_onnx_matches_booster``).
 
 Several boosters become several targets of one node: ``targets[k]`` is the output column
 of booster ``k``'s trees (for a multiclass booster, class ``c`` of tree ``t`` goes to

@@ -1,0 +1,1 @@
+"""Infrastructure tests: the Lambda layers and the CDK app (synth, cdk-nag, cfn-lint, checkov)."""
