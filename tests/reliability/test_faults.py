@@ -501,6 +501,7 @@ def _cli(*args: str) -> Any:
     return CliRunner().invoke(app, list(args))
 
 
+@pytest.mark.slow  # starts `smartgrid` jobs as subprocesses against a moto server
 def test_jobs_killed_midway_leave_no_half_state_for_readers(moto_server, example_body, tmp_path):
     from smartgrid.config import get_settings
     from smartgrid.domain import champion as reg
